@@ -1,0 +1,3 @@
+from dxproxy.main import cli
+
+cli()

@@ -1,0 +1,184 @@
+"""Request parsing and engine calls shared by the Ollama and OpenAI handlers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from dxproxy.catalog import display_name
+from dxproxy.config import ModelConfig
+from dxproxy.errors import ApiError, dialect_of
+from dxproxy.keys import CONFIG, ROUTER, SESSION
+from dxproxy.router import Unavailable
+from supervisors.process import Replica
+
+# Generation can pause for a long time (a long prompt before the first token), but an engine
+# that sends nothing for this long is hung: give the client an error instead of waiting forever.
+ENGINE_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    body = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
+    if not body.strip():
+        raise ApiError(400, "missing request body: send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON in request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def field(
+    data: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any = None,
+    *,
+    where: str = "",
+) -> Any:
+    """data[key] checked against `kind` (None and absent give `default`), else a 400."""
+    value = data.get(key)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        got = (
+            "true or false"
+            if isinstance(value, bool)
+            else _TYPE_NAMES.get(type(value), type(value).__name__)
+        )
+        raise ApiError(400, f"{where}{key}: expected {expected}, got {got}", param=key)
+    return value
+
+
+def resolve_model(request: web.Request, name: Any) -> ModelConfig:
+    if name is None or name == "":
+        raise ApiError(400, "model is required", param="model")
+    if not isinstance(name, str):
+        raise ApiError(400, "model: expected a string", param="model")
+    config = request.app[CONFIG]
+    model = config.model(name)
+    if model is None:
+        available = ", ".join(display_name(m.name) for m in config.models) or "none"
+        if dialect_of(request) == "openai":
+            raise ApiError(
+                404,
+                f"The model '{name}' does not exist; available models: {available}",
+                param="model",
+                code="model_not_found",
+            )
+        raise ApiError(404, f"model '{name}' not found; available models: {available}")
+    return model
+
+
+@dataclass(slots=True)
+class EngineCall:
+    replica: Replica
+    response: aiohttp.ClientResponse
+    queued_ns: int  # time spent waiting for a replica (Ollama's load_duration)
+    sent_ns: int  # monotonic time the request went to the engine
+
+
+@asynccontextmanager
+async def call_engine(
+    request: web.Request, model: ModelConfig, path: str, payload: dict[str, Any], started_ns: int
+) -> AsyncIterator[EngineCall]:
+    """Acquire a replica, POST `payload` to it, yield the engine's 2xx response.
+
+    Engine refusals become ApiErrors in the caller's dialect. Leaving the block early (the
+    client went away) closes the engine connection, which cancels the generation.
+    """
+    try:
+        async with request.app[ROUTER].acquire(model.name) as replica:
+            sent_ns = time.monotonic_ns()
+            try:
+                resp = await request.app[SESSION].post(
+                    replica.base_url + path,
+                    data=orjson.dumps(payload),
+                    headers={"Content-Type": "application/json"},
+                    timeout=ENGINE_READ_TIMEOUT,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ApiError(
+                    503,
+                    f"the engine of '{model.name}' did not answer "
+                    f"({type(exc).__name__}: {exc}); it may be restarting, "
+                    "try again",
+                ) from None
+            try:
+                if resp.status >= 400:
+                    raise engine_error(model.name, resp.status, await resp.read())
+                yield EngineCall(replica, resp, sent_ns - started_ns, sent_ns)
+            finally:
+                # Fully read: the connection goes back to the pool. Not fully read (the
+                # client left, or an error): it is closed, and the engine stops generating.
+                resp.release()
+    except Unavailable as exc:
+        raise ApiError(exc.status, exc.message) from None
+
+
+def engine_error(model: str, status: int, body: bytes) -> ApiError:
+    message = body.decode(errors="replace")[:2000]
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail"))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        message = err if isinstance(err, str) else orjson.dumps(err).decode()
+    if 400 <= status < 500:
+        return ApiError(
+            400 if status == 422 else status,
+            f"the engine of '{model}' rejected the request: {message}",
+        )
+    return ApiError(502, f"the engine of '{model}' failed (HTTP {status}): {message}")
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """Decoded `data:` events of an OpenAI-style SSE stream, up to `[DONE]`.
+
+    Raises EngineStreamError if the stream ends without `[DONE]` (the engine died).
+    """
+    async for raw in resp.content:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue  # blank separators, comments, `event:` lines
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise EngineStreamError(f"the engine sent malformed JSON: {data[:200]!r}") from None
+        if isinstance(event, dict):
+            if "error" in event:
+                raise EngineStreamError(f"the engine reported an error: {event['error']}")
+            yield event
+    raise EngineStreamError("the engine closed the stream before it finished")
+
+
+class EngineStreamError(Exception):
+    pass

@@ -1,0 +1,372 @@
+"""The Ollama API, translated to the engines' OpenAI API and back.
+
+Requests become `/v1/chat/completions` (or `/v1/completions` for raw generate) calls; the
+engine's SSE stream becomes Ollama's NDJSON, chunk by chunk, with Ollama's final statistics.
+The engine is always asked to stream, even for `stream: false`, so durations are measured
+the same way in both cases (time to first token = prompt evaluation).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from dxproxy import OLLAMA_API_VERSION, __version__
+from dxproxy.api.common import (
+    EngineStreamError,
+    call_engine,
+    field,
+    read_json,
+    resolve_model,
+    sse_events,
+)
+from dxproxy.catalog import display_name
+from dxproxy.config import ModelConfig, parse_duration
+from dxproxy.errors import ApiError, json_response
+from dxproxy.keys import CATALOG
+
+routes = web.RouteTableDef()
+
+NDJSON = "application/x-ndjson"
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+# Ollama option -> the engine's (OpenAI + llama.cpp) request field, and the type it must have.
+SAMPLING_OPTIONS: dict[str, tuple[str, type | tuple[type, ...]]] = {
+    "temperature": ("temperature", (int, float)),
+    "top_p": ("top_p", (int, float)),
+    "top_k": ("top_k", int),
+    "min_p": ("min_p", (int, float)),
+    "typical_p": ("typical_p", (int, float)),
+    "repeat_penalty": ("repeat_penalty", (int, float)),
+    "presence_penalty": ("presence_penalty", (int, float)),
+    "frequency_penalty": ("frequency_penalty", (int, float)),
+    "seed": ("seed", int),
+}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@routes.get("/")
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")  # what Ollama clients probe for
+
+
+@routes.get("/api/version")
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": OLLAMA_API_VERSION, "dx_version": __version__})
+
+
+@routes.get("/api/tags")
+async def tags(request: web.Request) -> web.Response:
+    models = [m.tags_entry() for m in request.app[CATALOG].models]
+    return json_response({"models": models})
+
+
+@routes.post("/api/chat")
+async def chat(request: web.Request) -> web.StreamResponse:
+    started = time.monotonic_ns()
+    body = await read_json(request)
+    model = resolve_model(request, body.get("model"))
+    messages = [_message(m, i) for i, m in enumerate(field(body, "messages", list, []))]
+    stream = field(body, "stream", bool, True)
+    tools = field(body, "tools", list, None)
+    payload = _sampling(body, model)
+    _check_common(body)
+    if not messages:
+        return _load_reply(body, model, chat=True)
+    payload["messages"] = messages
+    if tools:
+        payload["tools"] = tools
+    return await _generate(
+        request, model, "/v1/chat/completions", payload, stream, started, chat=True
+    )
+
+
+@routes.post("/api/generate")
+async def generate(request: web.Request) -> web.StreamResponse:
+    started = time.monotonic_ns()
+    body = await read_json(request)
+    model = resolve_model(request, body.get("model"))
+    prompt = field(body, "prompt", str, "")
+    system = field(body, "system", str, "")
+    raw = field(body, "raw", bool, False)
+    stream = field(body, "stream", bool, True)
+    images = field(body, "images", list, [])
+    payload = _sampling(body, model)
+    _check_common(body)
+    if field(body, "suffix", str, ""):
+        raise ApiError(400, f"{display_name(model.name)} does not support insert")
+    if field(body, "template", str, ""):
+        raise ApiError(
+            400,
+            "template overrides are not supported: the engine applies the "
+            "model's own chat template (use raw: true to send a prompt as is)",
+        )
+    if not prompt and not images:
+        return _load_reply(body, model, chat=False)
+    if raw:
+        if system or images:
+            raise ApiError(400, "raw mode does not support template, system, or context")
+        payload["prompt"] = prompt
+        path = "/v1/completions"
+    else:
+        user = _message({"role": "user", "content": prompt, "images": images}, 0)
+        payload["messages"] = ([{"role": "system", "content": system}] if system else []) + [user]
+        path = "/v1/chat/completions"
+    return await _generate(request, model, path, payload, stream, started, chat=False)
+
+
+def _check_common(body: dict[str, Any]) -> None:
+    keep_alive = body.get("keep_alive")
+    if (
+        keep_alive is not None
+        and parse_duration(keep_alive) is None
+        and not (isinstance(keep_alive, str) and keep_alive.startswith("-"))
+    ):
+        raise ApiError(
+            400, f"keep_alive: expected seconds or a duration like '5m', got {keep_alive!r}"
+        )
+    if body.get("think") not in (None, False):
+        raise ApiError(
+            400, "think: DX does not support thinking models yet; send think: false or leave it out"
+        )
+
+
+def _message(m: Any, i: int) -> dict[str, Any]:
+    where = f"messages[{i}]."
+    if not isinstance(m, dict):
+        raise ApiError(400, f"messages[{i}]: expected an object with role and content")
+    role = field(m, "role", str, "", where=where).lower()
+    if role not in ROLES:
+        raise ApiError(
+            400, f"messages[{i}].role: expected one of assistant, system, tool, user; got {role!r}"
+        )
+    content = field(m, "content", str, "", where=where)
+    out: dict[str, Any] = {"role": role, "content": content}
+    images = field(m, "images", list, [], where=where)
+    if images:
+        if not all(isinstance(img, str) for img in images):
+            raise ApiError(400, f"{where}images: expected an array of base64 strings")
+        out["content"] = [{"type": "text", "text": content}] + [
+            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{img}"}}
+            for img in images
+        ]
+    calls = field(m, "tool_calls", list, [], where=where)
+    if calls:
+        out["tool_calls"] = [_tool_call_to_openai(c, i, n) for n, c in enumerate(calls)]
+    if role == "tool":
+        call_id = field(m, "tool_call_id", str, "", where=where)
+        if call_id:
+            out["tool_call_id"] = call_id
+    return out
+
+
+def _tool_call_to_openai(call: Any, i: int, n: int) -> dict[str, Any]:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise ApiError(
+            400,
+            f"messages[{i}].tool_calls[{n}]: expected "
+            '{"function": {"name": ..., "arguments": {...}}}',
+        )
+    args = fn.get("arguments", {})
+    return {
+        "id": call.get("id") or f"call_{i}_{n}",
+        "type": "function",
+        "function": {
+            "name": fn["name"],
+            "arguments": args if isinstance(args, str) else orjson.dumps(args).decode(),
+        },
+    }
+
+
+def _sampling(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
+    """The engine request's sampling fields, from Ollama's `options` and `format`."""
+    payload: dict[str, Any] = {"model": model.name, "stream": True}
+    options = field(body, "options", dict, {})
+    for key, (target, kind) in SAMPLING_OPTIONS.items():
+        value = field(options, key, kind, where="options.")
+        if value is not None:
+            payload[target] = value
+    num_predict = field(options, "num_predict", (int, float), where="options.")
+    if num_predict is not None and num_predict >= 0:  # -1 (no limit) and -2 (fill context)
+        payload["max_tokens"] = int(num_predict)
+    stop = options.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ApiError(400, "options.stop: expected a string or an array of strings")
+        payload["stop"] = stops
+    # Other options (num_ctx, num_gpu, ...) are load-time settings that DX takes from its
+    # config, not per request; unknown ones are ignored, as Ollama does.
+    fmt = body.get("format")
+    if fmt == "json":
+        payload["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict):
+        payload["response_format"] = {"type": "json_object", "schema": fmt}
+    elif fmt not in (None, ""):
+        raise ApiError(
+            400,
+            f'invalid format: {orjson.dumps(fmt).decode()}; expected "json" or '
+            "a valid JSON Schema object",
+        )
+    return payload
+
+
+def _load_reply(body: dict[str, Any], model: ModelConfig, *, chat: bool) -> web.Response:
+    """An empty prompt asks to load (or, with keep_alive 0, unload) the model. DX models are
+    loaded when dx starts and stay loaded, so both are acknowledged as Ollama does."""
+    unload = parse_duration(body.get("keep_alive")) == 0
+    reply: dict[str, Any] = {"model": display_name(model.name), "created_at": now_rfc3339()}
+    if chat:
+        reply["message"] = {"role": "assistant", "content": ""}
+    else:
+        reply["response"] = ""
+    reply.update(done=True, done_reason="unload" if unload else "load")
+    return json_response(reply)
+
+
+async def _generate(
+    request: web.Request,
+    model: ModelConfig,
+    path: str,
+    payload: dict[str, Any],
+    stream: bool,
+    started: int,
+    *,
+    chat: bool,
+) -> web.StreamResponse:
+    name = display_name(model.name)
+    text_key = "message" if chat else "response"
+    async with call_engine(request, model, path, payload, started) as call:
+        out: web.StreamResponse | None = None
+        if stream:
+            out = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await out.prepare(request)
+        parts: list[str] = []
+        tool_calls: dict[int, dict[str, Any]] = {}
+        finish = "stop"
+        usage: dict[str, Any] = {}
+        tokens = 0
+        first_ns = last_ns = 0
+        events = sse_events(call.response)
+        while True:
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                break
+            except (EngineStreamError, aiohttp.ClientError, TimeoutError) as exc:
+                message = f"the engine of '{model.name}' failed mid-stream: {exc}"
+                if out is None:
+                    raise ApiError(502, message) from None
+                await out.write(orjson.dumps({"error": message}) + b"\n")
+                return out
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices") or ():
+                # Chat completions stream `delta`s; raw completions stream `text`.
+                delta = choice.get("delta") or {}
+                text = delta.get("content") if "delta" in choice else choice.get("text")
+                for tc in delta.get("tool_calls") or ():
+                    _merge_tool_call(tool_calls, tc)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if not text:
+                    continue
+                last_ns = time.monotonic_ns()
+                first_ns = first_ns or last_ns
+                tokens += 1
+                if out is None:
+                    parts.append(text)
+                    continue
+                chunk: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
+                chunk[text_key] = {"role": "assistant", "content": text} if chat else text
+                chunk["done"] = False
+                await out.write(orjson.dumps(chunk) + b"\n")
+
+        calls = [_tool_call_to_ollama(tool_calls[k], k) for k in sorted(tool_calls)]
+        if out is not None and calls:
+            chunk = {
+                "model": name,
+                "created_at": now_rfc3339(),
+                "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                "done": False,
+            }
+            await out.write(orjson.dumps(chunk) + b"\n")
+        end = time.monotonic_ns()
+        final: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
+        content = "".join(parts)
+        if chat:
+            final["message"] = {"role": "assistant", "content": content}
+            if calls and out is None:
+                final["message"]["tool_calls"] = calls
+        else:
+            final["response"] = content
+        final.update(
+            _stats(
+                call.queued_ns,
+                call.sent_ns,
+                first_ns or end,
+                last_ns or end,
+                end,
+                started,
+                finish,
+                usage,
+                tokens,
+            )
+        )
+        if out is None:
+            return json_response(final)
+        await out.write(orjson.dumps(final) + b"\n")
+        return out
+
+
+def _stats(
+    queued: int,
+    sent: int,
+    first: int,
+    last: int,
+    end: int,
+    started: int,
+    finish: str,
+    usage: dict[str, Any],
+    tokens: int,
+) -> dict[str, Any]:
+    stats: dict[str, Any] = {
+        "done": True,
+        "done_reason": "length" if finish == "length" else "stop",
+        "total_duration": end - started,
+        "load_duration": queued,  # waiting for a free replica; models are preloaded
+    }
+    # Engines that report usage in streams (llama-server, vLLM) give the prompt's token count;
+    # llama-cpp-python does not, and an unknown count is left out (as Ollama leaves out 0).
+    if usage.get("prompt_tokens") is not None:
+        stats["prompt_eval_count"] = int(usage["prompt_tokens"])
+    stats["prompt_eval_duration"] = first - sent
+    stats["eval_count"] = int(usage.get("completion_tokens") or tokens)
+    stats["eval_duration"] = max(last - first, 0)
+    return stats
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """OpenAI streams a tool call in pieces (name first, arguments in fragments)."""
+    slot = calls.setdefault(int(delta.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+    slot["id"] = delta.get("id") or slot["id"]
+    fn = delta.get("function") or {}
+    slot["name"] += fn.get("name") or ""
+    slot["arguments"] += fn.get("arguments") or ""
+
+
+def _tool_call_to_ollama(call: dict[str, Any], index: int) -> dict[str, Any]:
+    try:
+        args = orjson.loads(call["arguments"]) if call["arguments"] else {}
+    except orjson.JSONDecodeError:
+        args = {"_raw": call["arguments"]}  # the model wrote invalid JSON; keep it visible
+    return {"id": call["id"], "function": {"index": index, "name": call["name"], "arguments": args}}

@@ -1,0 +1,61 @@
+"""Builds the aiohttp application: middlewares, routes, and the long-lived resources."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from dxproxy.api import ollama, openai
+from dxproxy.auth import auth_middleware
+from dxproxy.catalog import build_catalog
+from dxproxy.config import Config
+from dxproxy.errors import error_middleware, json_response
+from dxproxy.keys import CATALOG, CONFIG, ROUTER, SESSION, SUPERVISOR
+from dxproxy.router import Router
+from supervisors.supervisor import Supervisor
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def make_app(
+    config: Config, *, api_keys: tuple[str, ...], key_file: Path | None
+) -> web.Application:
+    middlewares: list[Middleware] = [error_middleware]
+    if config.auth.enabled:
+        middlewares.append(auth_middleware(keys=api_keys, key_file=key_file))
+    app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app.router.add_get("/health", health)
+    app.add_routes(ollama.routes)
+    app.add_routes(openai.routes)
+    app.cleanup_ctx.append(_engines)
+    return app
+
+
+async def _engines(app: web.Application) -> AsyncIterator[None]:
+    """The engine side: one pooled client session, the supervisor, the router.
+
+    Engines are started by `Server` once the port is bound (so a busy port costs no engine
+    start); they are stopped here, after the HTTP side has drained.
+    """
+    config = app[CONFIG]
+    # One session for every engine call: pooled keep-alive connections, no per-request setup.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=75)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    supervisor = Supervisor(session, grace=config.server.shutdown_timeout)
+    app[SESSION] = session
+    app[SUPERVISOR] = supervisor
+    app[ROUTER] = Router(supervisor, config.limits)
+    app[CATALOG] = await asyncio.to_thread(build_catalog, config)
+    try:
+        yield
+    finally:
+        await supervisor.apply(None)
+        await session.close()

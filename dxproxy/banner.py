@@ -1,0 +1,88 @@
+"""The startup banner: what is running, where, and how to reach it. It tells the truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from dxproxy import __version__
+from dxproxy.auth import KeyFile
+from dxproxy.catalog import display_name
+from dxproxy.config import Config
+from supervisors.process import Replica
+from supervisors.states import EngineState
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    cpus: int
+    ram_bytes: int
+    gpus: tuple[str, ...]  # "NVIDIA H100 80GB HBM3 (79.6 GiB)", one per GPU
+    gpu_note: str  # why there are none, when there are none
+
+    def describe(self) -> str:
+        gpus = ", ".join(self.gpus) if self.gpus else f"no NVIDIA GPU ({self.gpu_note})"
+        return f"{self.cpus} CPU cores, {self.ram_bytes / 2**30:.1f} GiB RAM, {gpus}"
+
+
+def detect_hardware() -> Hardware:
+    """Blocking (NVML can take a moment): call it off the event loop."""
+    gpus: list[str] = []
+    note = ""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = pynvml.nvmlDeviceGetName(handle)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+                gpus.append(f"GPU {i}: {name} ({mem / 2**30:.1f} GiB)")
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # NVMLError, missing libnvidia-ml: both mean "no usable GPU"
+        note = f"NVML: {exc}"
+    return Hardware(psutil.cpu_count() or 1, psutil.virtual_memory().total, tuple(gpus), note)
+
+
+def header(config: Config, hw: Hardware, key: KeyFile | None) -> list[str]:
+    s = config.server
+    lines = [
+        f"dx {__version__}: Ollama and OpenAI APIs on http://{s.host}:{s.port}",
+        f"  config:   {config.source}",
+        f"  hardware: {hw.describe()}",
+    ]
+    if not config.auth.enabled:
+        lines.append("  auth:     OFF: anyone who can reach this port can use every model")
+    elif key is not None and key.created:
+        lines += [
+            f"  auth:     on; a new API key was generated and saved to {key.path} "
+            "(shown only this once):",
+            f"            {key.key}",
+            f"            try: curl -H 'Authorization: Bearer {key.key}' "
+            f"http://{s.host}:{s.port}/api/tags",
+        ]
+    elif key is not None:
+        lines.append(f"  auth:     on; the API key is in {key.path}")
+    else:
+        lines.append("  auth:     on; keys from the config (auth.keys)")
+    return lines
+
+
+def model_lines(config: Config, replicas: dict[str, list[Replica]]) -> list[str]:
+    lines = ["  models:"] if config.models else ["  models:   none configured"]
+    for m in config.models:
+        for r in replicas.get(m.name, []):
+            if r.state is EngineState.READY:
+                state = f"ready in {r.ready_in:.1f} s (pid {r.pid}, port {r.port})"
+            else:
+                first = r.error.splitlines()[0] if r.error else ""
+                state = f"{r.state.upper()}: {first}"
+            replica = f" #{r.index}" if m.replicas > 1 else ""
+            lines.append(
+                f"    {display_name(m.name)}{replica}  {m.engine}  {m.device}  "
+                f"context {m.context}  {state}"
+            )
+    return lines

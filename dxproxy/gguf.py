@@ -1,0 +1,97 @@
+"""Reads the metadata header of a GGUF file (no tensors), for model details in listings."""
+
+from __future__ import annotations
+
+import struct
+from typing import IO, Any
+
+# llama.cpp's `general.file_type` values (enum llama_ftype) as Ollama prints them.
+FILE_TYPES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFError(ValueError):
+    pass
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """Scalar and string key-values of a GGUF header; arrays (the vocabulary) are skipped."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise GGUFError(f"{path} is not a GGUF file")
+        version, _tensors, count = struct.unpack("<IQQ", f.read(20))
+        if version < 2:
+            raise GGUFError(f"{path}: GGUF version {version} is too old")
+        out: dict[str, Any] = {}
+        for _ in range(count):
+            key = _string(f)
+            (kind,) = struct.unpack("<I", f.read(4))
+            value = _value(f, kind)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+def _string(f: IO[bytes]) -> str:
+    (n,) = struct.unpack("<Q", f.read(8))
+    return f.read(n).decode("utf-8", errors="replace")
+
+
+def _value(f: IO[bytes], kind: int) -> Any:
+    if kind == _STRING:
+        return _string(f)
+    if kind == _ARRAY:
+        item, n = struct.unpack("<IQ", f.read(12))
+        for _ in range(n):
+            _value(f, item)
+        return None
+    fmt = _SCALARS.get(kind)
+    if fmt is None:
+        raise GGUFError(f"unknown GGUF value type {kind}")
+    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]

@@ -1,0 +1,19 @@
+"""Typed keys for shared state on the aiohttp application (no string keys)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from dxproxy.catalog import Catalog
+from dxproxy.config import Config
+from dxproxy.router import Router
+from supervisors.supervisor import Supervisor
+
+CONFIG = web.AppKey("dx.config", Config)
+SESSION = web.AppKey("dx.session", aiohttp.ClientSession)
+SUPERVISOR = web.AppKey("dx.supervisor", Supervisor)
+ROUTER = web.AppKey("dx.router", Router)
+CATALOG = web.AppKey("dx.catalog", Catalog)
+API_KEYS = web.AppKey("dx.api_keys", tuple)  # accepted keys, as bytes, for compare_digest
+KEY_FILE = web.AppKey("dx.key_file", str)  # where the generated key lives, for 401 hints

@@ -1,0 +1,103 @@
+"""The `dx` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import uvloop
+
+from dxproxy import __version__
+from dxproxy.auth import ensure_api_key
+from dxproxy.config import (
+    Config,
+    ConfigError,
+    load_config_file,
+    load_default_config,
+)
+from dxproxy.server import Server
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dx")
+def cli() -> None:
+    """DX serves LLMs on your GPU servers: it runs vLLM and llama.cpp engines and is the one
+    door in front of them, speaking the Ollama API (every Ollama client works unchanged) and
+    the OpenAI API, with API keys on by default.
+
+    \b
+    Start here:
+      dx serve                     serve the embedded default model on 127.0.0.1:11434
+      dx serve --config dx.yaml    serve the models of your config
+      dx config check dx.yaml      validate a config without starting anything
+    """
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="DX_CONFIG",
+    help="YAML config (env DX_CONFIG). Without it: the embedded default, SmolLM2-135M on the CPU.",
+)
+@click.option("--host", help="Address to listen on (overrides server.host). Default 127.0.0.1.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="Port to listen on (overrides server.port). Default 11434.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="debug also shows every line the engines print.",
+)
+def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
+    """Start the engines and serve the Ollama and OpenAI APIs.
+
+    The first start creates an API key in the state directory (default ~/.local/share/dx,
+    or $XDG_DATA_HOME/dx) and prints it once. Send it as 'Authorization: Bearer KEY'.
+    SIGTERM or Ctrl-C stops DX and every engine it started.
+    """
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        config = _load(config_path).with_overrides(host=host, port=port)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    try:
+        key = ensure_api_key(config.server.state_dir) if config.auth.enabled else None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot use the state directory {config.server.state_dir}: {exc.strerror}; "
+            "set server.state_dir to a writable folder"
+        ) from None
+    code = uvloop.run(Server(config, key, out=lambda s: click.echo(s)).serve())
+    sys.exit(code)
+
+
+@cli.group()
+def config() -> None:
+    """Work with config files."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Validate FILE: print every problem with its key path, exit 1 if there are any."""
+    cfg = _load(file)
+    names = ", ".join(m.name for m in cfg.models) or "none"
+    click.echo(f"{file}: OK ({len(cfg.models)} model(s): {names})")
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config_file(path) if path else load_default_config()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)

@@ -1,0 +1,88 @@
+"""Runs DX: binds the port, starts the engines, serves, and shuts down in order.
+
+Shutdown order: stop accepting connections, let in-flight requests finish (bounded by
+server.shutdown_timeout), then stop the engines. A second SIGINT/SIGTERM exits at once; the
+engines die with DX anyway (they are spawned with PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from dxproxy import banner
+from dxproxy.app import make_app
+from dxproxy.auth import KeyFile
+from dxproxy.config import Config
+from dxproxy.keys import SUPERVISOR
+
+log = logging.getLogger("dx.server")
+
+
+class Server:
+    def __init__(
+        self, config: Config, key: KeyFile | None, out: Callable[[str], None] = print
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.out = out
+        self.should_exit = asyncio.Event()
+
+    def handle_exit(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            log.warning("second %s: exiting now", sig.name)
+            os._exit(1)
+        log.info("%s received: shutting down", sig.name)
+        self.should_exit.set()
+
+    async def serve(self) -> int:
+        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+        hardware = asyncio.create_task(asyncio.to_thread(banner.detect_hardware))
+        keys = tuple(self.config.auth.keys) + ((self.key.key,) if self.key else ())
+        app = make_app(self.config, api_keys=keys, key_file=self.key.path if self.key else None)
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,  # a client that leaves cancels its engine request
+            access_log=None,
+            shutdown_timeout=self.config.server.shutdown_timeout,
+        )
+        await runner.setup()
+        try:
+            host, port = self.config.server.host, self.config.server.port
+            try:
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
+            except OSError as exc:
+                self.out(
+                    f"dx: cannot listen on {host}:{port}: {exc.strerror}. Is another "
+                    "server (Ollama?) using the port? Stop it, or pick one with --port."
+                )
+                return 1
+            for line in banner.header(self.config, await hardware, self.key):
+                self.out(line)
+            supervisor = app[SUPERVISOR]
+            await supervisor.apply(self.config)
+            settled = asyncio.create_task(supervisor.wait_settled())
+            stop = asyncio.create_task(self.should_exit.wait())
+            await asyncio.wait({settled, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if settled.done():
+                replicas = {m.name: supervisor.replicas(m.name) for m in self.config.models}
+                for line in banner.model_lines(self.config, replicas):
+                    self.out(line)
+                failed = sum(1 for r in supervisor.all_replicas() if r.error)
+                verdict = f" ({failed} engine(s) FAILED, see above)" if failed else ""
+                self.out(f"  ready in {time.monotonic() - t0:.1f} s{verdict}")
+            await stop
+            settled.cancel()
+        finally:
+            await runner.cleanup()
+            log.info("stopped")
+        return 0
