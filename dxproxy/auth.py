@@ -38,8 +38,10 @@ def ensure_api_key(state_dir: Path) -> KeyFile:
     if key:
         return KeyFile(path, key, created=False)
     key = "dx-" + secrets.token_urlsafe(32)
-    # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # 0600 at creation: the key is never readable by others, not even briefly. An existing
+    # empty file (a failed first start) is refilled, and made private if it was not.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(key + "\n")
     return KeyFile(path, key, created=True)

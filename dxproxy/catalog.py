@@ -85,8 +85,8 @@ def _describe(model: ModelConfig) -> ModelInfo:
                 parameter_size=str(meta.get("general.size_label", "")),
                 quantization_level=FILE_TYPES.get(meta.get("general.file_type", -1), ""),
             )
-    elif size:
-        details["format"] = "safetensors"
+    elif os.path.isdir(model.model):
+        details["format"] = "safetensors"  # a Hugging Face folder
     modified = datetime.fromtimestamp(mtime_ns / 1e9).astimezone() if mtime_ns else None
     # Ollama's digest hashes a small manifest; DX hashes what identifies the file, so a
     # listing never reads gigabytes.

@@ -167,7 +167,7 @@ class _Reader:
 
     def positive(self, key: str, kind: type[T], default: T) -> T:
         value = self.get(key, kind, default)
-        if isinstance(value, int | float) and value <= 0:
+        if self.data.get(key) is not None and isinstance(value, int | float) and value <= 0:
             self.error(key, f"expected a number above 0, got {value}")
             return default
         return value
@@ -275,9 +275,12 @@ def load_config(
     s.finish()
 
     a = _Reader(top.get("auth", dict, {}), "auth", problems, env)
-    auth = AuthConfig(enabled=a.get("enabled", bool, True), keys=a.strings("keys"))
+    before = len(problems)
+    # An empty key is left out, so `${DX_API_KEY:-}` makes a key optional.
+    keys = tuple(k for k in a.strings("keys") if k)
+    auth = AuthConfig(enabled=a.get("enabled", bool, True), keys=keys)
     for i, key in enumerate(auth.keys):
-        if len(key) < 16:
+        if len(key) < 16 and len(problems) == before:
             a.error(f"keys[{i}]", "expected an API key of at least 16 characters")
     a.finish()
 
@@ -332,12 +335,11 @@ def _model(
     engine = r.get("engine", str, "")
     if engine not in ENGINE_KINDS:
         r.error("engine", f"expected one of {', '.join(ENGINE_KINDS)}; got {engine!r}")
-        engine = "llamacpp"
 
     model = r.get("model", str, "")
     if not model:
         r.error("model", "required: a GGUF file, a Hugging Face folder or id, or package:PKG/FILE")
-    else:
+    elif engine in ENGINE_KINDS:  # how to read `model` depends on the engine
         model = _resolve_model(model, engine, base_dir, r)
 
     aliases = tuple(
@@ -349,9 +351,7 @@ def _model(
             r.error(f"gpus[{i}]", f"expected a GPU index (0, 1, ...), got {_describe(gpu)}")
         else:
             gpus.append(gpu)
-    parallel = r.get("parallel", int, 0)
-    if parallel < 0:
-        r.error("parallel", f"expected a number above 0, got {parallel}")
+    parallel = r.positive("parallel", int, 0)
     command = r.strings("command") if "command" in r.data else None
     if command is not None and not command:
         r.error("command", "expected a non-empty list: the engine's program and its arguments")
@@ -369,7 +369,7 @@ def _model(
 
     m = ModelConfig(
         name=name,
-        engine=engine,  # type: ignore[arg-type]  # checked against ENGINE_KINDS above
+        engine=engine if engine in ENGINE_KINDS else "llamacpp",  # type: ignore[arg-type]
         model=model,
         aliases=aliases,
         context=r.positive("context", int, DEFAULT_CONTEXT),

@@ -15,5 +15,3 @@ SESSION = web.AppKey("dx.session", aiohttp.ClientSession)
 SUPERVISOR = web.AppKey("dx.supervisor", Supervisor)
 ROUTER = web.AppKey("dx.router", Router)
 CATALOG = web.AppKey("dx.catalog", Catalog)
-API_KEYS = web.AppKey("dx.api_keys", tuple)  # accepted keys, as bytes, for compare_digest
-KEY_FILE = web.AppKey("dx.key_file", str)  # where the generated key lives, for 401 hints

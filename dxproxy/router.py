@@ -117,5 +117,8 @@ class Router:
         if not replicas:
             return f"model '{model}' has no engine running"
         errors = [r.error for r in replicas if r.error]
-        detail = errors[0].splitlines()[0] if errors else "it is stopped"
-        return f"model '{model}' is unavailable: {detail}. The dx log has the engine's full output"
+        # The engine's last lines, on one line: the reason is usually in them.
+        lines = errors[0].split("\n") if errors else ["it is stopped"]
+        detail = " | ".join([lines[0]] + [line.strip() for line in lines[1:][-4:]])
+        retry = "" if any(r.gave_up for r in replicas) else " DX is restarting it; retry soon."
+        return f"model '{model}' is unavailable: {detail}.{retry} The dx log has more."

@@ -41,11 +41,19 @@ class Server:
         log.info("%s received: shutting down", sig.name)
         self.should_exit.set()
 
+    def handle_hup(self) -> None:
+        log.warning(
+            "SIGHUP received: live config reload is not built yet; restart dx to apply "
+            "config changes"
+        )
+
     async def serve(self) -> int:
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_exit, sig)
+        # SIGHUP's default action would kill DX (and, through PDEATHSIG, its engines).
+        loop.add_signal_handler(signal.SIGHUP, self.handle_hup)
         hardware = asyncio.create_task(asyncio.to_thread(banner.detect_hardware))
         keys = tuple(self.config.auth.keys) + ((self.key.key,) if self.key else ())
         app = make_app(self.config, api_keys=keys, key_file=self.key.path if self.key else None)
@@ -66,10 +74,10 @@ class Server:
                     "server (Ollama?) using the port? Stop it, or pick one with --port."
                 )
                 return 1
+            supervisor = app[SUPERVISOR]
+            await supervisor.apply(self.config)  # returns at once; engines start meanwhile
             for line in banner.header(self.config, await hardware, self.key):
                 self.out(line)
-            supervisor = app[SUPERVISOR]
-            await supervisor.apply(self.config)
             settled = asyncio.create_task(supervisor.wait_settled())
             stop = asyncio.create_task(self.should_exit.wait())
             await asyncio.wait({settled, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -73,6 +73,11 @@ class EngineAdapter:
         env = dict(os.environ)
         # Pin the engine to its GPUs; an empty list hides every GPU (a CPU model).
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, model.gpus))
+        # Number GPUs as nvidia-smi and the banner do (CUDA's default is fastest first).
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        # DX promises no telemetry: vLLM reports usage statistics unless told not to.
+        env["VLLM_NO_USAGE_STATS"] = "1"
+        env["DO_NOT_TRACK"] = "1"
         env.update(model.env)
         return env
 

@@ -87,7 +87,7 @@ class Replica:
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._settled = asyncio.Event()  # set while ready, given up or stopped
+        self._settled = asyncio.Event()  # set while ready, failed or stopped
 
     @property
     def base_url(self) -> str:
@@ -95,10 +95,11 @@ class Replica:
 
     @property
     def may_become_ready(self) -> bool:
-        """True while waiting for this replica makes sense (starting, or between restarts)."""
+        """True while waiting for this replica makes sense. Not between restarts: a crashed
+        engine's callers get a 503 with the reason at once rather than wait out a backoff."""
         if self._stopping or self.gave_up:
             return False
-        return self.state in (EngineState.STARTING, EngineState.READY, EngineState.FAILED)
+        return self.state in (EngineState.STARTING, EngineState.READY)
 
     def tail(self) -> list[str]:
         return list(self._tail)
@@ -109,7 +110,7 @@ class Replica:
             return
         check_transition(self.id, old, new)
         self.state = new
-        if new in (EngineState.READY, EngineState.STOPPED):
+        if new in (EngineState.READY, EngineState.FAILED, EngineState.STOPPED):
             self._settled.set()
         elif new is EngineState.STARTING:
             self._settled.clear()
@@ -123,7 +124,7 @@ class Replica:
             self._task = asyncio.create_task(self._run(), name=f"engine {self.id}")
 
     async def wait_settled(self) -> None:
-        """Wait until the replica is ready, has given up, or is stopped."""
+        """Wait until the replica is ready, has failed (it may still be retried) or stopped."""
         await self._settled.wait()
 
     async def stop(self) -> None:
@@ -133,9 +134,10 @@ class Replica:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._kill()
+        # Leave READY before the grace period, so the router sends it nothing more.
         if self.state in (EngineState.STARTING, EngineState.READY, EngineState.DRAINING):
             self._set_state(EngineState.STOPPING, "stop requested")
+        await self._kill()
         if self.state in (EngineState.STOPPING, EngineState.FAILED):
             self._set_state(EngineState.STOPPED, "stopped")
 

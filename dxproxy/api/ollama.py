@@ -189,7 +189,12 @@ def _tool_call_to_openai(call: Any, i: int, n: int) -> dict[str, Any]:
 
 def _sampling(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
     """The engine request's sampling fields, from Ollama's `options` and `format`."""
-    payload: dict[str, Any] = {"model": model.name, "stream": True}
+    # Always stream from the engine (see the module docstring), asking for token counts.
+    payload: dict[str, Any] = {
+        "model": model.name,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     options = field(body, "options", dict, {})
     for key, (target, kind) in SAMPLING_OPTIONS.items():
         value = field(options, key, kind, where="options.")

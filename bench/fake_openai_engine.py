@@ -1,0 +1,194 @@
+"""A minimal, fast OpenAI-compatible engine for measuring what a proxy in front costs.
+
+    python bench/fake_openai_engine.py --port P [--model NAME] [--interval-ms MS]
+
+It answers at once, with no model behind it, so that a benchmark through it measures the
+proxy and not the engine:
+
+- ``GET /v1/models`` and ``GET /health``: 200.
+- ``POST /v1/chat/completions`` and ``POST /v1/completions``: ``max_tokens`` tokens (default
+  16), one per SSE ``chat.completion.chunk`` when ``stream`` is true (then a finish chunk, an
+  optional usage chunk with ``stream_options.include_usage``, and ``data: [DONE]``), or one
+  JSON body when it is false.
+
+Tokens are written back to back by default. ``--interval-ms`` (or the request field
+``fake_interval_ms``, a benchmark-only extension) waits that long between tokens, so that each
+token reaches the proxy in its own read, as it does with a real engine.
+
+It is separate from tests/fake_engine.py (the fault-injecting engine of the test suite) on
+purpose: this one stays small and fast, and the benchmark does not move when the tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
+DEFAULT_MAX_TOKENS = 16
+MAX_TOKENS_CAP = 100_000  # a bound on one answer, whatever the request asks
+
+INTERVAL = web.AppKey("interval", float)
+MODEL = web.AppKey("model", str)
+
+
+def token(i: int) -> str:
+    return WORDS[i % len(WORDS)]
+
+
+async def models(request: web.Request) -> web.Response:
+    name = request.app[MODEL]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"}]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _settings(request: web.Request, body: dict[str, Any]) -> tuple[int, float]:
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+        max_tokens = DEFAULT_MAX_TOKENS
+    interval = body.get("fake_interval_ms")
+    seconds = interval / 1000.0 if isinstance(interval, int | float) else request.app[INTERVAL]
+    return min(max_tokens, MAX_TOKENS_CAP), max(seconds, 0.0)
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise web.HTTPBadRequest(text="invalid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return body
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _complete(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _complete(request, chat=False)
+
+
+async def _complete(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    body = await _read_body(request)
+    n, interval = _settings(request, body)
+    model = str(body.get("model") or request.app[MODEL])
+    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
+    finish = "length" if n else "stop"
+
+    if not body.get("stream"):
+        text = "".join(token(i) for i in range(n))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        answer = {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choice: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choice] if choice else [],
+        }
+        if extra:
+            chunk.update(extra)
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    if chat:
+        role = {"role": "assistant", "content": ""}
+        await resp.write(event({"index": 0, "delta": role, "finish_reason": None}))
+    for i in range(n):
+        if interval and i:
+            await asyncio.sleep(interval)
+        piece: dict[str, Any] = {"index": 0, "finish_reason": None}
+        if chat:
+            piece["delta"] = {"content": token(i)}
+        else:
+            piece["text"] = token(i)
+        await resp.write(event(piece))
+    last: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if chat:
+        last["delta"] = {}
+    else:
+        last["text"] = ""
+    await resp.write(event(last))
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        await resp.write(event({}, {"usage": usage}))
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+def make_app(model: str, interval_ms: float) -> web.Application:
+    app = web.Application()
+    app[MODEL] = model
+    app[INTERVAL] = interval_ms / 1000.0
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="fake", help="the id /v1/models reports")
+    parser.add_argument(
+        "--interval-ms", type=float, default=0.0, help="pause between tokens (default none)"
+    )
+    args = parser.parse_args()
+    app = make_app(args.model, args.interval_ms)
+    try:
+        import uvloop
+    except ImportError:  # the engine still works, only slower
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(app, args.host, args.port))
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        await asyncio.Event().wait()  # until SIGTERM / SIGINT ends the process
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    main()

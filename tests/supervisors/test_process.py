@@ -1,0 +1,127 @@
+"""One engine replica's life, driven directly, with the state changes as the record."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+import psutil
+import pytest
+
+from dxproxy.config import ModelConfig
+from supervisors.adapters import ADAPTERS
+from supervisors.process import Replica
+from supervisors.states import EngineState, InvalidTransition, StateChange, check_transition
+from tests.conftest import FAKE_ENGINE
+
+S = EngineState
+
+
+def fake(*args: str, startup_timeout: float = 20) -> ModelConfig:
+    return ModelConfig(name="fake", engine="llamacpp", model=FAKE_ENGINE,
+                       command=(sys.executable, FAKE_ENGINE, "--port", "{port}", *args),
+                       startup_timeout=startup_timeout)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.changes: list[StateChange] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, replica: Replica, change: StateChange) -> None:
+        self.changes.append(change)
+        self.changed.set()
+
+    def path(self) -> list[tuple[S, S]]:
+        return [(c.old, c.new) for c in self.changes if c.old is not c.new]
+
+    async def wait_for(self, state: S, count: int = 1, within: float = 20) -> None:
+        async with asyncio.timeout(within):
+            while sum(1 for c in self.changes if c.new is state) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_start_ready_stop(session: aiohttp.ClientSession) -> None:
+    rec = Recorder()
+    replica = Replica(fake(), 0, ADAPTERS["llamacpp"], session, rec, grace=2)
+    replica.start()
+    await replica.wait_settled()
+    assert replica.state is S.READY and replica.capacity == 1
+    async with session.get(replica.base_url + "/v1/models") as resp:
+        assert resp.status == 200
+    pid = replica.pid
+    assert pid is not None and os.getpgid(pid) == pid  # its own process group
+    await replica.stop()
+    await replica.stop()  # idempotent
+    assert rec.path() == [(S.STOPPED, S.STARTING), (S.STARTING, S.READY),
+                          (S.READY, S.STOPPING), (S.STOPPING, S.STOPPED)]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_crash_is_restarted(session: aiohttp.ClientSession) -> None:
+    rec = Recorder()
+    replica = Replica(fake(), 0, ADAPTERS["llamacpp"], session, rec, grace=2)
+    replica.start()
+    await rec.wait_for(S.READY)
+    first = replica.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await rec.wait_for(S.FAILED)
+    assert "exited unexpectedly with code -9" in replica.error
+    await rec.wait_for(S.READY, count=2)  # after a 1 s backoff
+    assert replica.pid != first
+    await replica.stop()
+
+
+async def test_failed_start_carries_the_engine_output(session: aiohttp.ClientSession) -> None:
+    rec = Recorder()
+    replica = Replica(fake("--exit-at-start", "3"), 0, ADAPTERS["llamacpp"], session, rec)
+    replica.start()
+    await replica.wait_settled()
+    assert replica.state is S.FAILED
+    assert "exited with code 3 before it was ready" in replica.error
+    assert "cannot load model (as asked)" in replica.error
+    await replica.stop()
+    assert replica.state is S.STOPPED
+
+
+async def test_start_timeout_kills_the_engine(session: aiohttp.ClientSession) -> None:
+    rec = Recorder()
+    model = fake("--startup-delay", "30", startup_timeout=1)
+    replica = Replica(model, 0, ADAPTERS["llamacpp"], session, rec, grace=1)
+    replica.start()
+    await rec.wait_for(S.FAILED, within=10)
+    assert "not ready after 1 s" in replica.error
+    await replica.stop()
+
+
+async def test_stop_aborts_a_start(session: aiohttp.ClientSession) -> None:
+    rec = Recorder()
+    replica = Replica(fake("--startup-delay", "30"), 0, ADAPTERS["llamacpp"], session, rec,
+                      grace=1)
+    replica.start()
+    await rec.wait_for(S.STARTING)
+    await asyncio.sleep(0.3)
+    pid = replica.pid
+    await replica.stop()
+    assert rec.path()[-2:] == [(S.STARTING, S.STOPPING), (S.STOPPING, S.STOPPED)]
+    assert pid is not None and not psutil.pid_exists(pid)
+
+
+def test_transition_table_refuses_shortcuts() -> None:
+    check_transition("x", S.READY, S.DRAINING)
+    with pytest.raises(InvalidTransition):
+        check_transition("x", S.STOPPED, S.READY)
+    with pytest.raises(InvalidTransition):
+        check_transition("x", S.STOPPING, S.STARTING)
