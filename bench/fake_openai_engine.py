@@ -11,9 +11,8 @@ proxy and not the engine:
   optional usage chunk with ``stream_options.include_usage``, and ``data: [DONE]``), or one
   JSON body when it is false.
 
-Tokens are written back to back by default. ``--interval-ms`` (or the request field
-``fake_interval_ms``, a benchmark-only extension) waits that long between tokens, so that each
-token reaches the proxy in its own read, as it does with a real engine.
+Tokens are written back to back by default. ``--interval-ms`` waits that long between
+tokens, so that each token reaches the proxy on its own, as it does from a real engine.
 
 It is separate from tests/fake_engine.py (the fault-injecting engine of the test suite) on
 purpose: this one stays small and fast, and the benchmark does not move when the tests do.
@@ -52,13 +51,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _settings(request: web.Request, body: dict[str, Any]) -> tuple[int, float]:
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-        max_tokens = DEFAULT_MAX_TOKENS
-    interval = body.get("fake_interval_ms")
-    seconds = interval / 1000.0 if isinstance(interval, int | float) else request.app[INTERVAL]
-    return min(max_tokens, MAX_TOKENS_CAP), max(seconds, 0.0)
+def _max_tokens(body: dict[str, Any]) -> int:
+    n = body.get("max_tokens")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return DEFAULT_MAX_TOKENS
+    return min(n, MAX_TOKENS_CAP)
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
@@ -81,7 +78,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _complete(request: web.Request, *, chat: bool) -> web.StreamResponse:
     body = await _read_body(request)
-    n, interval = _settings(request, body)
+    n = _max_tokens(body)
+    interval = request.app[INTERVAL]
     model = str(body.get("model") or request.app[MODEL])
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -152,7 +150,7 @@ async def _complete(request: web.Request, *, chat: bool) -> web.StreamResponse:
 def make_app(model: str, interval_ms: float) -> web.Application:
     app = web.Application()
     app[MODEL] = model
-    app[INTERVAL] = interval_ms / 1000.0
+    app[INTERVAL] = max(interval_ms, 0.0) / 1000.0
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -6,8 +6,9 @@
         --json /tmp/fake.json
 
 It starts `dx serve` with a temporary config (loopback, a free port, a temporary state
-directory holding the API key), waits for its "ready in" line, and finds the engine's port
-with psutil (the child of dx listening on loopback). Then, in one run:
+directory holding the API key), waits for its "ready in" line, and finds the engines' ports
+with psutil (the children of dx listening on loopback, each asked GET /v1/models for the model
+it serves). Then, in one run:
 
 1. Latency. The same chat request goes, interleaved and in rotating order, to three paths:
    the engine's OpenAI API directly, DX's OpenAI API (relayed byte for byte), and DX's Ollama
@@ -17,14 +18,16 @@ with psutil (the child of dx listening on loopback). Then, in one run:
 2. Memory: the resident set (RSS) of the dx process alone, not its engines: idle after
    startup, idle after the latency run, and the peak, sampled every 50 ms, while 8 streams
    run through DX at once.
-3. CPU: the dx process's CPU time (user + system, psutil) over a series of streams, divided
-   by the content chunks relayed. With the fake engine the OpenAI relay is measured twice:
-   one token per read (the engine pauses 1 ms between tokens, as a real engine does) and in a
-   burst (tokens back to back, so several arrive in one read).
+3. CPU: the dx process's CPU time (user + system, psutil) over a series of sequential
+   streams, divided by the content chunks relayed (and, for plain requests, per request).
+   With the fake engine the streams are measured twice: tokens back to back (several reach
+   DX in one read) and paced 15 ms apart by a second fake model, as a real engine sends them
+   (each token wakes DX on its own).
 
-`--engine fake` serves bench/fake_openai_engine.py, which answers at once: what remains is the
-cost of the proxy. `--engine real` serves SmolLM2-135M through llama.cpp (llama-cpp-python),
-which handles one request at a time, so DX queues the 8 concurrent streams.
+`--engine fake` serves bench/fake_openai_engine.py (twice: `smollm2` back to back and
+`smollm2-paced`), which answers at once: what remains is the cost of the proxy.
+`--engine real` serves SmolLM2-135M through llama.cpp (llama-cpp-python), which handles one
+request at a time, so DX queues the 8 concurrent streams.
 
 Client, proxy and engine share the machine's cores, so compare ratios and CPU per unit across
 machines, not absolute times. DX and everything it started are stopped at the end (SIGTERM,
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import math
 import platform
@@ -47,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,20 +70,26 @@ MESSAGES = [
 ]
 CONCURRENT_STREAMS = 8
 RSS_SAMPLE_S = 0.05
-PACED_INTERVAL_MS = 1  # fake engine: one token per read, like a real engine
-CONCURRENT_INTERVAL_MS = 4  # fake engine: streams long enough for the RSS sampler to see
+# Fake mode serves a second model whose engine pauses between tokens, at about the pace of
+# SmolLM2 on llama.cpp here (64 tok/s): each token then reaches DX on its own, as from a real
+# engine, instead of several per read.
+PACED_MODEL = "smollm2-paced"
+PACED_INTERVAL_MS = 15
+PACED_TOKENS = 100
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=10)
 STOP_GRACE_S = 30.0
+PR_SET_PDEATHSIG = 1
 
 Dialect = Literal["openai", "ollama"]
 Kind = Literal["fake", "real"]
-# Per engine: requests per path, max_tokens, streams in the CPU phase, tokens per CPU stream,
-# tokens per concurrent stream.
+Per = Literal["chunk", "request"]  # what a CPU figure is divided by
+# Per engine: rounds per path, max_tokens, streams and tokens per stream in the CPU runs,
+# streams in the paced CPU runs (fake only), tokens per concurrent stream.
 DEFAULTS: dict[Kind, dict[str, int]] = {
-    "fake": {"requests": 300, "max_tokens": 32, "cpu_streams": 20, "cpu_tokens": 256,
-             "concurrent_tokens": 256},
+    "fake": {"requests": 300, "max_tokens": 32, "cpu_streams": 20, "cpu_tokens": 1000,
+             "paced_streams": 5, "concurrent_tokens": 64},
     "real": {"requests": 30, "max_tokens": 32, "cpu_streams": 4, "cpu_tokens": 128,
-             "concurrent_tokens": 32},
+             "paced_streams": 0, "concurrent_tokens": 32},
 }  # fmt: skip
 
 
@@ -107,34 +117,23 @@ class Target:
     base_url: str
     dialect: Dialect
     headers: Mapping[str, str] = field(default_factory=dict)
+    model: str = MODEL_NAME
 
-    async def ask(
-        self,
-        session: aiohttp.ClientSession,
-        *,
-        stream: bool,
-        max_tokens: int,
-        extra: Mapping[str, Any] | None = None,
-    ) -> Sample:
-        """Send the benchmark's chat request; check the answer is complete; time it.
-
-        `extra` fields go into OpenAI request bodies only (the Ollama API has nowhere to
-        put them).
-        """
+    async def ask(self, session: aiohttp.ClientSession, *, stream: bool, max_tokens: int) -> Sample:
+        """Send the benchmark's chat request; check the answer is complete; time it."""
         if self.dialect == "openai":
             url = self.base_url + "/v1/chat/completions"
             body: dict[str, Any] = {
-                "model": MODEL_NAME,
+                "model": self.model,
                 "messages": MESSAGES,
                 "stream": stream,
                 "temperature": 0,
                 "max_tokens": max_tokens,
-                **(extra or {}),
             }
         else:
             url = self.base_url + "/api/chat"
             body = {
-                "model": MODEL_NAME,
+                "model": self.model,
                 "messages": MESSAGES,
                 "stream": stream,
                 "options": {"temperature": 0, "num_predict": max_tokens},
@@ -230,20 +229,37 @@ def free_port() -> int:
 def config_text(kind: Kind, port: int, state_dir: Path) -> str:
     """The dx config, written as JSON (which YAML reads as is)."""
     server = {"host": LOOPBACK, "port": port, "state_dir": str(state_dir), "shutdown_timeout": 5}
-    model: dict[str, Any] = {"engine": "llamacpp", "model": REAL_MODEL, "context": 2048}
-    if kind == "fake":
+    if kind == "real":
+        real = {"engine": "llamacpp", "model": REAL_MODEL, "context": 2048}
+        return json.dumps({"server": server, "models": {MODEL_NAME: real}}, indent=2)
+
+    def fake(*flags: str) -> dict[str, Any]:
         # `model` must name an existing file; the fake engine ignores it. parallel: 8 lets the
         # concurrent streams through at once (the real engine takes one at a time).
-        model.update(
-            model=str(FAKE_ENGINE),
-            parallel=CONCURRENT_STREAMS,
-            command=[sys.executable, str(FAKE_ENGINE), "--port", "{port}"],
-        )
-    return json.dumps({"server": server, "models": {MODEL_NAME: model}}, indent=2)
+        command = [sys.executable, str(FAKE_ENGINE), "--port", "{port}", "--model", "{name}"]
+        return {
+            "engine": "llamacpp",
+            "model": str(FAKE_ENGINE),
+            "parallel": CONCURRENT_STREAMS,
+            "command": [*command, *flags],
+        }
+
+    models = {
+        MODEL_NAME: fake(),
+        PACED_MODEL: fake("--interval-ms", str(PACED_INTERVAL_MS)),
+    }
+    return json.dumps({"server": server, "models": models}, indent=2)
+
+
+def _terminate_with_parent() -> None:
+    """In the child, between fork and exec: SIGTERM when the parent dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Dx:
-    """`dx serve` in a subprocess: started, ready, its engine found; stopped on exit."""
+    """`dx serve` in a subprocess: started, ready, its engines found; stopped on exit."""
 
     def __init__(self, dx: Path, kind: Kind, startup_timeout: float, verbose: bool) -> None:
         self.dx = dx
@@ -253,7 +269,7 @@ class Dx:
         self.workdir = Path(tempfile.mkdtemp(prefix="dx-bench-"))
         self.port = free_port()
         self.key = ""
-        self.engine_port = 0
+        self.engine_ports: dict[str, int] = {}  # model id (from /v1/models) -> port
         self.ready_line = ""
         self.proc: asyncio.subprocess.Process | None = None
         self.ps: psutil.Process | None = None
@@ -265,9 +281,10 @@ class Dx:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def engine_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.engine_port}"
+    def engine_url(self, model: str = MODEL_NAME) -> str:
+        if model not in self.engine_ports:
+            raise BenchError(f"no engine serves {model!r}; found {self.engine_ports}")
+        return f"http://{LOOPBACK}:{self.engine_ports[model]}"
 
     @property
     def process(self) -> psutil.Process:
@@ -298,12 +315,17 @@ class Dx:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
+                # Its own session, so a Ctrl-C here reaches only the benchmark, which then
+                # stops dx cleanly; and dx gets SIGTERM if the benchmark dies.
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
-        self.ps = psutil.Process(self.proc.pid)
         await self._wait_ready()
+        self.ps = psutil.Process(self.proc.pid)
         self._drain = asyncio.create_task(self._drain_stdout())
         self.key = (state_dir / "api-key").read_text(encoding="utf-8").strip()
-        self.engines, self.engine_port = self._find_engine()
+        self.engines = self.process.children(recursive=True)
+        self.engine_ports = await self._find_engines()
 
     async def _wait_ready(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -335,10 +357,10 @@ class Dx:
         while await self.proc.stdout.read(65536):
             pass  # keep the pipe empty so dx never blocks on a print
 
-    def _find_engine(self) -> tuple[list[psutil.Process], int]:
-        children = self.process.children(recursive=True)
+    async def _find_engines(self) -> dict[str, int]:
+        """The engines' ports: what dx's children listen on (loopback), by served model id."""
         ports: set[int] = set()
-        for child in children:
+        for child in self.engines:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 for conn in child.net_connections(kind="tcp"):
                     if (
@@ -348,11 +370,18 @@ class Dx:
                         and conn.laddr.port != self.port
                     ):
                         ports.add(conn.laddr.port)
-        if len(ports) != 1:
-            raise BenchError(
-                f"expected one engine listening on loopback under dx, found ports {sorted(ports)}"
-            )
-        return children, ports.pop()
+        found: dict[str, int] = {}
+        async with client() as session:
+            for port in sorted(ports):
+                url = f"http://{LOOPBACK}:{port}/v1/models"
+                async with session.get(url) as resp:
+                    if resp.status != 200:
+                        raise BenchError(f"GET {url}: HTTP {resp.status}")
+                    for entry in (await resp.json()).get("data") or ():
+                        found[str(entry.get("id"))] = port
+        if not found:
+            raise BenchError(f"no engine found under dx (loopback ports: {sorted(ports)})")
+        return found
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -365,18 +394,14 @@ class Dx:
     def rss(self) -> int:
         return int(self.process.memory_info().rss)
 
-    def cpu_seconds(self) -> float:
-        times = self.process.cpu_times()  # dx itself; children_* (the engine) left out
-        return float(times.user + times.system)
-
     async def stop(self) -> None:
         """SIGTERM dx (it stops its engines), SIGKILL after a grace period; then make sure
         every process it started is gone. Safe to call more than once."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            if self.ps is not None and not self.engines:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    self.engines = self.ps.children(recursive=True)
+            if not self.engines:  # stopped before its engines were found
+                with contextlib.suppress(psutil.Error):
+                    self.engines = psutil.Process(proc.pid).children(recursive=True)
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
@@ -394,7 +419,7 @@ class Dx:
             self._drain = None
         for child in self.engines:
             # psutil refuses to signal a pid that now belongs to another process.
-            with contextlib.suppress(psutil.NoSuchProcess):
+            with contextlib.suppress(psutil.Error):
                 if child.is_running():
                     print(f"process {child.pid} outlived dx: SIGKILL", file=sys.stderr)
                     child.kill()
@@ -537,10 +562,8 @@ async def concurrent_phase(
     report: Report,
     *,
     tokens: int,
-    extra: Mapping[str, Any],
 ) -> None:
     """8 streams through DX at once, while a sampler records dx's RSS every 50 ms."""
-    before = dx.rss()
     rss: list[int] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(dx, stop, rss, limit=100_000))
@@ -548,7 +571,7 @@ async def concurrent_phase(
     try:
         results = await asyncio.gather(
             *(
-                target.ask(session, stream=True, max_tokens=tokens, extra=extra)
+                target.ask(session, stream=True, max_tokens=tokens)
                 for _ in range(CONCURRENT_STREAMS)
             )
         )
@@ -559,7 +582,6 @@ async def concurrent_phase(
     rss.append(dx.rss())
     ttfts = sorted((r.ttft or math.nan) * 1000 for r in results)
     report.memory.update(
-        rss_before_concurrent=before,
         rss_peak_concurrent=max(rss),
         rss_samples=len(rss),
         concurrent_streams=CONCURRENT_STREAMS,
@@ -571,36 +593,48 @@ async def concurrent_phase(
     )
 
 
-async def cpu_phase(
-    dx: Dx,
-    label: str,
-    runs: int,
-    ask: Callable[[], Awaitable[Sample]],
-    report: Report,
-    *,
-    per: Literal["chunk", "request"],
-) -> None:
-    """dx's CPU time over `runs` sequential requests, per content chunk or per request."""
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU time of `proc` itself (its children, the engines, left out)."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+async def measure_cpu(
+    proc: psutil.Process, label: str, runs: int, ask: Callable[[], Awaitable[Sample]], per: Per
+) -> dict[str, Any]:
+    """`proc`'s CPU time over `runs` sequential requests, per content chunk or per request."""
     await ask()  # warm: the first request may pay for a new connection
-    cpu0, t0 = dx.cpu_seconds(), time.perf_counter()
+    cpu0, t0 = cpu_seconds(proc), time.perf_counter()
     chunks = 0
     for _ in range(runs):
         chunks += (await ask()).chunks
-    cpu, wall = dx.cpu_seconds() - cpu0, time.perf_counter() - t0
+    cpu, wall = cpu_seconds(proc) - cpu0, time.perf_counter() - t0
     units = chunks if per == "chunk" else runs
     if units == 0:
-        raise BenchError(f"CPU phase '{label}': no content chunks received")
-    report.cpu.append(
-        {
-            "label": label,
-            "per": per,
-            "requests": runs,
-            "chunks": chunks,
-            "cpu_s": cpu,
-            "wall_s": wall,
-            "us_per_unit": cpu / units * 1e6,
-        }
-    )
+        raise BenchError(f"CPU run '{label}': no content chunks received")
+    return {
+        "label": label,
+        "per": per,
+        "requests": runs,
+        "chunks": chunks,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "us_per_unit": cpu / units * 1e6,
+    }
+
+
+def cpu_table(title: str, runs: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            c["label"],
+            str(c["requests"]),
+            str(c["chunks"]) if c["per"] == "chunk" else "-",
+            f"{c['cpu_s'] * 1000:.0f}",
+            f"{c['us_per_unit']:.1f} µs/{c['per']}",
+        ]
+        for c in runs
+    ]
+    return markdown_table([title, "requests", "chunks", "CPU ms", "cost"], rows)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -614,6 +648,7 @@ class Options:
     warmup: int
     cpu_streams: int
     cpu_tokens: int
+    paced_streams: int
     concurrent_tokens: int
     dx: Path
     json_path: Path | None
@@ -659,19 +694,18 @@ async def run(opts: Options) -> Report:
     async with Dx(opts.dx, opts.engine, opts.startup_timeout, opts.verbose) as dx, client() as s:
         report.dx_ready = dx.ready_line
         auth = {"Authorization": f"Bearer {dx.key}"}
-        direct = Target("direct", "direct OpenAI", dx.engine_url, "openai")
+        direct = Target("direct", "direct OpenAI", dx.engine_url(), "openai")
         via_openai = Target("dx_openai", "DX OpenAI", dx.url, "openai", auth)
         via_ollama = Target("dx_ollama", "DX Ollama", dx.url, "ollama", auth)
-        targets = [direct, via_openai, via_ollama]
-        print(f"  dx on port {dx.port} (pid {dx.process.pid}), engine on port "
-              f"{dx.engine_port}: {dx.ready_line}", file=sys.stderr)  # fmt: skip
+        print(f"  dx on port {dx.port} (pid {dx.process.pid}), engines {dx.engine_ports}: "
+              f"{dx.ready_line}", file=sys.stderr)  # fmt: skip
 
         await asyncio.sleep(1.0)  # let startup work settle before the idle reading
         report.memory["rss_idle_start"] = dx.rss()
 
         await latency_phase(
             s,
-            targets,
+            [direct, via_openai, via_ollama],
             report,
             requests=opts.requests,
             warmup=opts.warmup,
@@ -681,33 +715,41 @@ async def run(opts: Options) -> Report:
 
         print("  CPU per chunk ...", file=sys.stderr)
         n, tok = opts.cpu_streams, opts.cpu_tokens
-        paced = {"fake_interval_ms": PACED_INTERVAL_MS} if fake else {}
 
-        def streams(target: Target, extra: Mapping[str, Any]) -> Callable[[], Awaitable[Sample]]:
-            return lambda: target.ask(s, stream=True, max_tokens=tok, extra=extra)
+        def stream(target: Target, tokens: int) -> Callable[[], Awaitable[Sample]]:
+            return lambda: target.ask(s, stream=True, max_tokens=tokens)
 
+        def once(target: Target) -> Callable[[], Awaitable[Sample]]:
+            return lambda: target.ask(s, stream=False, max_tokens=opts.max_tokens)
+
+        burst = ", back to back" if fake else ""
+        runs: list[tuple[str, int, Callable[[], Awaitable[Sample]], Per]]
+        runs = [
+            (f"OpenAI stream, {tok} tokens{burst}", n, stream(via_openai, tok), "chunk"),
+            (f"Ollama stream, {tok} tokens{burst}", n, stream(via_ollama, tok), "chunk"),
+        ]
         if fake:
-            await cpu_phase(dx, f"OpenAI stream, 1 token per read ({tok} tokens)", n,
-                            streams(via_openai, paced), report, per="chunk")  # fmt: skip
-            await cpu_phase(dx, f"OpenAI stream, burst ({tok} tokens)", n,
-                            streams(via_openai, {}), report, per="chunk")  # fmt: skip
-            await cpu_phase(dx, f"Ollama stream, burst ({tok} tokens)", n,
-                            streams(via_ollama, {}), report, per="chunk")  # fmt: skip
-            await cpu_phase(dx, f"OpenAI non-stream ({opts.max_tokens} tokens)", opts.requests,
-                            lambda: via_openai.ask(s, stream=False, max_tokens=opts.max_tokens),
-                            report, per="request")  # fmt: skip
-        else:
-            await cpu_phase(dx, f"OpenAI stream ({tok} tokens)", n,
-                            streams(via_openai, {}), report, per="chunk")  # fmt: skip
-            await cpu_phase(dx, f"Ollama stream ({tok} tokens)", n,
-                            streams(via_ollama, {}), report, per="chunk")  # fmt: skip
+            paced_openai = replace(via_openai, model=PACED_MODEL)
+            paced_ollama = replace(via_ollama, model=PACED_MODEL)
+            pace = f"{PACED_TOKENS} tokens {PACED_INTERVAL_MS} ms apart"
+            m, k = opts.paced_streams, PACED_TOKENS
+            runs += [
+                (f"OpenAI stream, {pace}", m, stream(paced_openai, k), "chunk"),
+                (f"Ollama stream, {pace}", m, stream(paced_ollama, k), "chunk"),
+                (f"OpenAI non-stream, {opts.max_tokens} tokens", opts.requests,
+                 once(via_openai), "request"),
+                (f"Ollama non-stream, {opts.max_tokens} tokens", opts.requests,
+                 once(via_ollama), "request"),
+            ]  # fmt: skip
+        for label, count, ask, per in runs:
+            report.cpu.append(await measure_cpu(dx.process, label, count, ask, per))
 
-        print("  8 concurrent streams ...", file=sys.stderr)
+        print(f"  {CONCURRENT_STREAMS} concurrent streams ...", file=sys.stderr)
         await asyncio.sleep(0.5)
         report.memory["rss_idle_after_latency"] = dx.rss()
-        slow = {"fake_interval_ms": CONCURRENT_INTERVAL_MS} if fake else {}
-        await concurrent_phase(s, dx, via_openai, report, tokens=opts.concurrent_tokens,
-                               extra=slow)  # fmt: skip
+        # Fake mode: the paced model, so the streams last long enough to be sampled.
+        target = replace(via_openai, model=PACED_MODEL) if fake else via_openai
+        await concurrent_phase(s, dx, target, report, tokens=opts.concurrent_tokens)
     return report
 
 
@@ -755,7 +797,7 @@ def render(report: Report) -> str:
     lines.append(f"content chunks per stream (mean): {chunks}")
     lines.append(
         "answers identical to the direct stream on every path: "
-        + ("yes" if not bad else f"NO, rounds differing: {bad}")
+        + ("yes" if not bad else f"NO, requests differing: {bad}")
     )
     lines.append("")
 
@@ -780,19 +822,7 @@ def render(report: Report) -> str:
         f"{mem['concurrent_ttft_ms_max']:.1f} ms (last stream)",
         "",
     ]
-    cpu_rows = [
-        [
-            c["label"],
-            str(c["requests"]),
-            str(c["chunks"]) if c["per"] == "chunk" else "-",
-            f"{c['cpu_s'] * 1000:.0f}",
-            f"{c['us_per_unit']:.1f} µs/{c['per']}",
-        ]
-        for c in report.cpu
-    ]
-    lines.append(
-        markdown_table(["dx CPU (user+system)", "requests", "chunks", "CPU ms", "cost"], cpu_rows)
-    )
+    lines.append(cpu_table("dx CPU (user+system)", report.cpu))
     return "\n".join(lines)
 
 
@@ -807,6 +837,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=int, default=3, help="rounds not measured (default 3)")
     parser.add_argument("--cpu-streams", type=int, help="streams per CPU measurement")
     parser.add_argument("--cpu-tokens", type=int, help="tokens per stream in the CPU runs")
+    parser.add_argument(
+        "--paced-streams",
+        type=int,
+        help=f"streams per paced CPU run (fake engine; {PACED_TOKENS} tokens each)",
+    )
     parser.add_argument("--concurrent-tokens", type=int, help="tokens per concurrent stream")
     parser.add_argument(
         "--dx",
@@ -839,6 +874,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         warmup=a.warmup,
         cpu_streams=pick("cpu_streams"),
         cpu_tokens=pick("cpu_tokens"),
+        paced_streams=pick("paced_streams") if kind == "fake" else 0,
         concurrent_tokens=pick("concurrent_tokens"),
         dx=a.dx,
         json_path=a.json_path,
@@ -872,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, psutil.Error) as exc:
         print(f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):

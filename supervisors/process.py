@@ -3,7 +3,7 @@
 The `run()` task is the only writer of the state. It spawns the engine in its own process
 group (so stopping it stops its children too), asks the kernel to kill it if DX dies (even by
 SIGKILL), probes it until it answers, watches it, and restarts it with exponential backoff
-when it crashes, giving up after `MAX_FAILURES` failures in a row.
+when it crashes, giving up after `MAX_FAILURES` failures within `FAILURE_WINDOW`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from supervisors.states import EngineState, StateChange, check_transition
 
 log = logging.getLogger("dx.engine")
 
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # in FAILURE_WINDOW seconds, then give up until the config changes
+FAILURE_WINDOW = 600.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 TAIL_LINES = 40
@@ -142,25 +143,34 @@ class Replica:
             self._set_state(EngineState.STOPPED, "stopped")
 
     async def _run(self) -> None:
-        failures = 0
+        # Failures count within a sliding window, so an engine that crashes every few minutes
+        # after serving is still given up on, and one that crashed once last week is not.
+        recent: collections.deque[float] = collections.deque()
         while True:
             try:
                 await self._spawn_and_wait_ready()
             except EngineStartError as exc:
-                failures += 1
                 self.error = str(exc)
                 await self._kill()
                 self._set_state(EngineState.FAILED, self.error)
             else:
-                failures = 0
                 code = await self._wait_exit()
-                failures += 1
                 self.error = self._explain(f"exited unexpectedly with code {code}")
                 self._set_state(EngineState.FAILED, self.error)
+            now = time.monotonic()
+            recent.append(now)
+            while recent[0] < now - FAILURE_WINDOW:
+                recent.popleft()
+            failures = len(recent)
             if failures >= MAX_FAILURES:
                 self.gave_up = True
                 self._settled.set()
-                log.error("%s: giving up after %d failures in a row", self.id, failures)
+                log.error(
+                    "%s: giving up after %d failures in %.0f minutes",
+                    self.id,
+                    failures,
+                    FAILURE_WINDOW / 60,
+                )
                 self._on_change(self, StateChange(self.id, self.state, self.state, "gave up"))
                 return
             delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)

@@ -125,3 +125,18 @@ def test_transition_table_refuses_shortcuts() -> None:
         check_transition("x", S.STOPPED, S.READY)
     with pytest.raises(InvalidTransition):
         check_transition("x", S.STOPPING, S.STARTING)
+
+
+async def test_gives_up_after_repeated_failures(session: aiohttp.ClientSession,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("supervisors.process.BACKOFF_FIRST", 0.01)
+    rec = Recorder()
+    replica = Replica(fake("--exit-at-start", "3"), 0, ADAPTERS["llamacpp"], session, rec)
+    replica.start()
+    async with asyncio.timeout(30):
+        while not replica.gave_up:
+            rec.changed.clear()
+            await rec.changed.wait()
+    assert sum(1 for c in rec.changes if c.new is S.FAILED and c.old is S.STARTING) == 5
+    assert rec.changes[-1].reason == "gave up" and not replica.may_become_ready
+    await replica.stop()
