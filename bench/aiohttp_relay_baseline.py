@@ -24,7 +24,6 @@ import aiohttp
 import psutil
 import uvloop
 from aiohttp import web
-
 from proxy_overhead import (
     FAKE_ENGINE,
     LOOPBACK,
@@ -53,11 +52,15 @@ START_TIMEOUT_S = 30.0
 async def relay(request: web.Request) -> web.StreamResponse:
     body = await request.json()  # DX parses the body too, to route by model
     upstream = request.app[UPSTREAMS][body["model"]]
-    async with request.app[SESSION].post(
-        upstream + "/v1/chat/completions",
-        json=body,
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
-    ) as resp:
+    try:
+        resp = await request.app[SESSION].post(
+            upstream + "/v1/chat/completions",
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
+        )
+    except aiohttp.ClientError as exc:  # the engine is still starting
+        return web.Response(status=502, text=str(exc))
+    async with resp:
         if not body.get("stream"):
             return web.Response(body=await resp.read(), content_type="application/json")
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -103,7 +106,7 @@ async def wait_ready(
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"{proc.args} exited with code {proc.returncode}")
+            raise BenchError(f"the relay exited with code {proc.returncode}")
         with contextlib.suppress(aiohttp.ClientError):
             async with session.post(url, json={"model": model, "max_tokens": 1}) as resp:
                 if resp.status == 200:
