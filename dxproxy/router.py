@@ -75,7 +75,8 @@ class Router:
             yield replica
         finally:
             replica.in_flight -= 1
-            self._notify(model)
+            if self._waiting.get(model):  # wake a waiter only if there is one
+                self._notify(model)
 
     async def _wait_for_replica(self, model: str) -> Replica:
         replica = self._pick(model)  # the fast path: no lock, no waiting

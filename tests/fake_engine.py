@@ -70,12 +70,29 @@ async def completions(request: web.Request) -> web.StreamResponse:
     finish = "length" if isinstance(limit, int) and limit < len(TOKENS) else "stop"
     usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(tokens),
              "total_tokens": len(text.split()) + len(tokens)}
+    delay = 0.02 if "SLOW" in text else 0.05 if "PAUSE" in text else 0.0
     if not body.get("stream"):
+        stats["requests"] += 1
+        stats["in_flight"] += 1
+        stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+        try:
+            await asyncio.sleep(delay * len(tokens))  # as long as it would take to stream
+        except asyncio.CancelledError:
+            stats["cancelled"] += 1
+            raise
+        finally:
+            stats["in_flight"] -= 1
+        stats["completed"] += 1
         content = "".join(tokens)
         choice: dict[str, Any] = (
             {"index": 0, "message": {"role": "assistant", "content": content},
              "finish_reason": finish} if chat else
             {"index": 0, "text": content, "finish_reason": finish})
+        if "TOOL" in text and chat:
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_fake1", "type": "function", "function": {
+                    "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+            choice["finish_reason"] = "tool_calls"
         return web.json_response({"id": "chatcmpl-fake", "object": "chat.completion",
                                   "created": int(time.time()), "model": name,
                                   "choices": [choice], "usage": usage})
@@ -106,10 +123,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     event = {"id": "cmpl-fake", "object": "text_completion", "model": name,
                              "choices": [{"index": 0, "text": tok, "finish_reason": None}]}
                     await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                if "SLOW" in text:
-                    await asyncio.sleep(0.02)
-                elif "PAUSE" in text:
-                    await asyncio.sleep(0.05)
+                await asyncio.sleep(delay)
             await resp.write(_chunk(name, {}, finish))
         if (body.get("stream_options") or {}).get("include_usage"):
             event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": name,

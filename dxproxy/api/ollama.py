@@ -1,9 +1,9 @@
 """The Ollama API, translated to the engines' OpenAI API and back.
 
-Requests become `/v1/chat/completions` (or `/v1/completions` for raw generate) calls; the
-engine's SSE stream becomes Ollama's NDJSON, chunk by chunk, with Ollama's final statistics.
-The engine is always asked to stream, even for `stream: false`, so durations are measured
-the same way in both cases (time to first token = prompt evaluation).
+Requests become `/v1/chat/completions` (or `/v1/completions` for raw generate) calls. A
+streamed reply is the engine's SSE stream turned into Ollama's NDJSON, chunk by chunk, with
+Ollama's final statistics measured by DX (time to first token = prompt evaluation); a
+non-streamed one is the engine's one-body reply, with the engine's exact token counts.
 """
 
 from __future__ import annotations
@@ -189,12 +189,7 @@ def _tool_call_to_openai(call: Any, i: int, n: int) -> dict[str, Any]:
 
 def _sampling(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
     """The engine request's sampling fields, from Ollama's `options` and `format`."""
-    # Always stream from the engine (see the module docstring), asking for token counts.
-    payload: dict[str, Any] = {
-        "model": model.name,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    payload: dict[str, Any] = {"model": model.name, "stream": True}
     options = field(body, "options", dict, {})
     for key, (target, kind) in SAMPLING_OPTIONS.items():
         value = field(options, key, kind, where="options.")
@@ -248,14 +243,26 @@ async def _generate(
     *,
     chat: bool,
 ) -> web.StreamResponse:
+    if stream:
+        return await _relay_stream(request, model, path, payload, started, chat=chat)
+    return await _reply_once(request, model, path, payload, started, chat=chat)
+
+
+async def _relay_stream(
+    request: web.Request,
+    model: ModelConfig,
+    path: str,
+    payload: dict[str, Any],
+    started: int,
+    *,
+    chat: bool,
+) -> web.StreamResponse:
+    """The engine's SSE stream as Ollama NDJSON, one line per token, as tokens arrive."""
     name = display_name(model.name)
-    text_key = "message" if chat else "response"
+    payload["stream_options"] = {"include_usage": True}  # token counts, where engines give them
     async with call_engine(request, model, path, payload, started) as call:
-        out: web.StreamResponse | None = None
-        if stream:
-            out = web.StreamResponse(headers={"Content-Type": NDJSON})
-            await out.prepare(request)
-        parts: list[str] = []
+        out = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await out.prepare(request)
         tool_calls: dict[int, dict[str, Any]] = {}
         finish = "stop"
         usage: dict[str, Any] = {}
@@ -268,9 +275,8 @@ async def _generate(
             except StopAsyncIteration:
                 break
             except (EngineStreamError, aiohttp.ClientError, TimeoutError) as exc:
+                # Headers are sent: Ollama's way is one last line with the error, no done.
                 message = f"the engine of '{model.name}' failed mid-stream: {exc}"
-                if out is None:
-                    raise ApiError(502, message) from None
                 await out.write(orjson.dumps({"error": message}) + b"\n")
                 return out
             if event.get("usage"):
@@ -288,75 +294,115 @@ async def _generate(
                 last_ns = time.monotonic_ns()
                 first_ns = first_ns or last_ns
                 tokens += 1
-                if out is None:
-                    parts.append(text)
-                    continue
-                chunk: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
-                chunk[text_key] = {"role": "assistant", "content": text} if chat else text
-                chunk["done"] = False
-                await out.write(orjson.dumps(chunk) + b"\n")
+                await out.write(orjson.dumps(_chunk(name, chat, text, done=False)) + b"\n")
 
         calls = [_tool_call_to_ollama(tool_calls[k], k) for k in sorted(tool_calls)]
-        if out is not None and calls:
-            chunk = {
-                "model": name,
-                "created_at": now_rfc3339(),
-                "message": {"role": "assistant", "content": "", "tool_calls": calls},
-                "done": False,
-            }
-            await out.write(orjson.dumps(chunk) + b"\n")
+        if calls:
+            tool_chunk = _chunk(name, chat, "", done=False)
+            tool_chunk["message"]["tool_calls"] = calls
+            await out.write(orjson.dumps(tool_chunk) + b"\n")
         end = time.monotonic_ns()
-        final: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
-        content = "".join(parts)
-        if chat:
-            final["message"] = {"role": "assistant", "content": content}
-            if calls and out is None:
-                final["message"]["tool_calls"] = calls
-        else:
-            final["response"] = content
+        first_ns, last_ns = first_ns or end, last_ns or end
+        final = _chunk(name, chat, "", done=True)
         final.update(
             _stats(
-                call.queued_ns,
-                call.sent_ns,
-                first_ns or end,
-                last_ns or end,
-                end,
-                started,
                 finish,
-                usage,
-                tokens,
+                total=end - started,
+                queued=call.queued_ns,
+                # Engines that report usage in streams (llama-server, vLLM) give the prompt's
+                # token count; llama-cpp-python does not, and an unknown count is left out.
+                prompt_tokens=usage.get("prompt_tokens"),
+                prompt_ns=first_ns - call.sent_ns,  # time to first token
+                eval_tokens=usage.get("completion_tokens") or tokens,
+                eval_ns=last_ns - first_ns,
             )
         )
-        if out is None:
-            return json_response(final)
         await out.write(orjson.dumps(final) + b"\n")
         return out
 
 
-def _stats(
-    queued: int,
-    sent: int,
-    first: int,
-    last: int,
-    end: int,
+async def _reply_once(
+    request: web.Request,
+    model: ModelConfig,
+    path: str,
+    payload: dict[str, Any],
     started: int,
+    *,
+    chat: bool,
+) -> web.Response:
+    """One engine reply as one Ollama object. The engine answers in one body too: streaming
+    costs llama-cpp-python about 1 ms a token, and its one-body reply has exact usage."""
+    payload["stream"] = False
+    async with call_engine(request, model, path, payload, started) as call:
+        try:
+            data = orjson.loads(await call.response.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            raise ApiError(502, f"the engine of '{model.name}' failed: {exc}") from None
+    end = time.monotonic_ns()
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        raise ApiError(502, f"the engine of '{model.name}' sent a reply without choices")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    text = (message.get("content") if chat or "message" in choice else choice.get("text")) or ""
+    final = _chunk(display_name(model.name), chat, text, done=True)
+    calls = [
+        _tool_call_to_ollama({"id": tc.get("id", ""), **(tc.get("function") or {})}, i)
+        for i, tc in enumerate(message.get("tool_calls") or ())
+    ]
+    if calls and chat:
+        final["message"]["tool_calls"] = calls
+    usage = data.get("usage") or {}
+    timings = data.get("timings") or {}  # llama-server's own split of the engine's time
+    engine_ns = end - call.sent_ns
+    final.update(
+        _stats(
+            choice.get("finish_reason") or "stop",
+            total=end - started,
+            queued=call.queued_ns,
+            prompt_tokens=usage.get("prompt_tokens"),
+            prompt_ns=int(timings["prompt_ms"] * 1e6) if "prompt_ms" in timings else None,
+            eval_tokens=usage.get("completion_tokens") or 0,
+            # Without the engine's timings, eval_duration is the engine's whole time (prompt
+            # included): tokens per second come out slightly low, never high.
+            eval_ns=int(timings["predicted_ms"] * 1e6) if "predicted_ms" in timings else engine_ns,
+        )
+    )
+    return json_response(final)
+
+
+def _chunk(name: str, chat: bool, text: str, *, done: bool) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
+    if chat:
+        chunk["message"] = {"role": "assistant", "content": text}
+    else:
+        chunk["response"] = text
+    chunk["done"] = done
+    return chunk
+
+
+def _stats(
     finish: str,
-    usage: dict[str, Any],
-    tokens: int,
+    *,
+    total: int,
+    queued: int,
+    prompt_tokens: int | None,
+    prompt_ns: int | None,
+    eval_tokens: int,
+    eval_ns: int,
 ) -> dict[str, Any]:
+    """Ollama's closing statistics, in nanoseconds; unknown values are left out."""
     stats: dict[str, Any] = {
-        "done": True,
         "done_reason": "length" if finish == "length" else "stop",
-        "total_duration": end - started,
+        "total_duration": total,
         "load_duration": queued,  # waiting for a free replica; models are preloaded
     }
-    # Engines that report usage in streams (llama-server, vLLM) give the prompt's token count;
-    # llama-cpp-python does not, and an unknown count is left out (as Ollama leaves out 0).
-    if usage.get("prompt_tokens") is not None:
-        stats["prompt_eval_count"] = int(usage["prompt_tokens"])
-    stats["prompt_eval_duration"] = first - sent
-    stats["eval_count"] = int(usage.get("completion_tokens") or tokens)
-    stats["eval_duration"] = max(last - first, 0)
+    if prompt_tokens is not None:
+        stats["prompt_eval_count"] = int(prompt_tokens)
+    if prompt_ns is not None:
+        stats["prompt_eval_duration"] = prompt_ns
+    stats["eval_count"] = int(eval_tokens)
+    stats["eval_duration"] = max(eval_ns, 0)
     return stats
 
 

@@ -282,6 +282,18 @@ def test_client_disconnect_cancels_the_engine_request(dx_fake: DxProcess) -> Non
     assert stats["completed"] == 0
 
 
+def test_client_timeout_cancels_a_non_streamed_request(dx_fake: DxProcess) -> None:
+    body = {"model": "fake", "stream": False, "messages": [{"role": "user", "content": "SLOW"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(dx_fake.url + "/api/chat", headers=dx_fake.auth, json=body, timeout=0.5)
+    engine = f"http://127.0.0.1:{dx_fake.engine_port()}/stats"
+    deadline = time.monotonic() + 5
+    while (stats := httpx.get(engine).json())["cancelled"] < 1:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+    assert stats["completed"] == 0 and stats["in_flight"] == 0
+
+
 def test_requests_queue_for_a_one_at_a_time_engine(dx_fake: DxProcess) -> None:
     body = {"model": "fake", "stream": False, "messages": [{"role": "user", "content": "PAUSE"}]}
 
