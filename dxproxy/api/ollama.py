@@ -84,9 +84,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     payload["messages"] = messages
     if tools:
         payload["tools"] = tools
-    return await _generate(
-        request, model, "/v1/chat/completions", payload, stream, started, chat=True
-    )
+    reply = _relay_stream if stream else _reply_once
+    return await reply(request, model, "/v1/chat/completions", payload, started, chat=True)
 
 
 @routes.post("/api/generate")
@@ -120,7 +119,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         user = _message({"role": "user", "content": prompt, "images": images}, 0)
         payload["messages"] = ([{"role": "system", "content": system}] if system else []) + [user]
         path = "/v1/chat/completions"
-    return await _generate(request, model, path, payload, stream, started, chat=False)
+    reply = _relay_stream if stream else _reply_once
+    return await reply(request, model, path, payload, started, chat=False)
 
 
 def _check_common(body: dict[str, Any]) -> None:
@@ -231,21 +231,6 @@ def _load_reply(body: dict[str, Any], model: ModelConfig, *, chat: bool) -> web.
         reply["response"] = ""
     reply.update(done=True, done_reason="unload" if unload else "load")
     return json_response(reply)
-
-
-async def _generate(
-    request: web.Request,
-    model: ModelConfig,
-    path: str,
-    payload: dict[str, Any],
-    stream: bool,
-    started: int,
-    *,
-    chat: bool,
-) -> web.StreamResponse:
-    if stream:
-        return await _relay_stream(request, model, path, payload, started, chat=chat)
-    return await _reply_once(request, model, path, payload, started, chat=chat)
 
 
 async def _relay_stream(
