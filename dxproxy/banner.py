@@ -13,6 +13,8 @@ from dxproxy.config import Config
 from supervisors.process import Replica
 from supervisors.states import EngineState
 
+FAILED_TAIL = 5  # engine output lines shown under a model that failed to start
+
 
 @dataclass(frozen=True, slots=True)
 class Hardware:
@@ -75,14 +77,18 @@ def model_lines(config: Config, replicas: dict[str, list[Replica]]) -> list[str]
     lines = ["  models:"] if config.models else ["  models:   none configured"]
     for m in config.models:
         for r in replicas.get(m.name, []):
+            why: list[str] = []
             if r.state is EngineState.READY:
                 state = f"ready in {r.ready_in:.1f} s (pid {r.pid}, port {r.port})"
             else:
-                first = r.error.splitlines()[0] if r.error else ""
+                first, *rest = r.error.splitlines() or [""]
                 state = f"{r.state.upper()}: {first}"
+                # The engine's own last words usually say why (a missing module, a bad file).
+                why = [f"      | {line.strip()}" for line in rest[-FAILED_TAIL:] if line.strip()]
             replica = f" #{r.index}" if m.replicas > 1 else ""
             lines.append(
                 f"    {display_name(m.name)}{replica}  {m.engine}  {m.device}  "
                 f"context {m.context}  {state}"
             )
+            lines += why
     return lines

@@ -330,6 +330,7 @@ def test_engine_that_cannot_start(tmp_path: Path) -> None:
     try:
         banner = "\n".join(dx.banner)
         assert "broken:latest" in banner and "FAILED" in banner
+        assert "      | fake engine: cannot load model (as asked)" in banner
         resp = httpx.post(dx.url + "/api/generate", headers=dx.auth,
                           json={"model": "broken", "prompt": "x"})
         assert resp.status_code == 503
