@@ -31,8 +31,11 @@ DEFAULT_CONTEXT = 4096
 DEFAULT_STARTUP_TIMEOUT = 300.0
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# Go's time.ParseDuration syntax, as Ollama clients send it: "5m", "1h30m", "5m0s", "300ms".
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 PACKAGE_PREFIX = "package:"
 
 
@@ -223,13 +226,22 @@ class _Reader:
 
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from 30, 1.5, '30s', '500ms', '5m', '1h'; None if it is not a duration."""
+    """Seconds from 30, 1.5, '30', '30s', '500ms', '5m', '1h30m', '-1m'; None if it is not
+    a duration."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.removeprefix("-").removeprefix("+")
+    if _NUMBER.fullmatch(text):
+        return sign * float(text)
+    if _DURATION.fullmatch(text):
+        parts = _DURATION_PART.findall(text)
+        return sign * sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts)
     return None
 
 

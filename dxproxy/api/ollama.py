@@ -125,11 +125,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 def _check_common(body: dict[str, Any]) -> None:
     keep_alive = body.get("keep_alive")
-    if (
-        keep_alive is not None
-        and parse_duration(keep_alive) is None
-        and not (isinstance(keep_alive, str) and keep_alive.startswith("-"))
-    ):
+    if keep_alive is not None and parse_duration(keep_alive) is None:
         raise ApiError(
             400, f"keep_alive: expected seconds or a duration like '5m', got {keep_alive!r}"
         )

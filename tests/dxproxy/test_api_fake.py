@@ -102,6 +102,14 @@ def test_ollama_load_and_unload_replies(dx_fake: DxProcess) -> None:
                         json={"model": "fake", "messages": [], "keep_alive": 0})
     assert unload.json()["done_reason"] == "unload"
     assert unload.json()["message"] == {"role": "assistant", "content": ""}
+    # The Go client (`ollama stop`) sends Go durations: "0s" unloads, "5m0s" is five minutes.
+    stop = httpx.post(dx_fake.url + "/api/generate", headers=dx_fake.auth,
+                      json={"model": "fake", "prompt": "", "keep_alive": "0s"})
+    assert stop.json()["done_reason"] == "unload"
+    chat = httpx.post(dx_fake.url + "/api/chat", headers=dx_fake.auth, json={
+        "model": "fake", "stream": False, "keep_alive": "5m0s",
+        "messages": [{"role": "user", "content": "x"}]})
+    assert chat.status_code == 200
 
 
 def test_wire_format(dx_fake: DxProcess) -> None:

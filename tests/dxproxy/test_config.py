@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from dxproxy.config import ConfigError, load_config, load_config_file, load_default_config
+from dxproxy.config import (
+    ConfigError,
+    load_config,
+    load_config_file,
+    load_default_config,
+    parse_duration,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,3 +131,13 @@ def test_relative_paths_are_relative_to_the_config(tmp_path: Path, gguf: Path) -
     cfg = load_config_file(path, env={})
     assert cfg.models[0].model == str(gguf)
     assert cfg.server.state_dir == tmp_path / "state"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(30, 30.0), ("30", 30.0), ("30s", 30.0), ("500ms", 0.5), ("5m", 300.0), ("5m0s", 300.0),
+     ("1h30m", 5400.0), ("-1m", -60.0), (-1, -1.0), ("soon", None), ("5 m", None), (True, None),
+     ("", None), ([], None)],
+)
+def test_parse_duration_speaks_go(text: object, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
