@@ -150,9 +150,7 @@ class Target:
                 sample = Sample(total=time.perf_counter() - t0)
                 sample.text = _whole_text(self.label, self.dialect, answer)
                 return sample
-            if self.dialect == "openai":
-                return await _read_sse(self.label, resp, t0)
-            return await _read_ndjson(self.label, resp, t0)
+            return await _read_stream(self.label, resp, t0, self.dialect)
 
 
 def _whole_text(label: str, dialect: Dialect, answer: Any) -> str:
@@ -166,55 +164,59 @@ def _whole_text(label: str, dialect: Dialect, answer: Any) -> str:
         raise BenchError(f"{label}: unexpected answer: {str(answer)[:300]}") from None
 
 
-async def _read_sse(label: str, resp: aiohttp.ClientResponse, t0: float) -> Sample:
+async def _read_stream(
+    label: str, resp: aiohttp.ClientResponse, t0: float, dialect: Dialect
+) -> Sample:
+    """Time a stream to its first text and its end; fail unless it ends properly."""
+    texts_of, end_marker = STREAM_FORMATS[dialect]
     ttft: float | None = None
     parts: list[str] = []
     done = False
     async for raw in resp.content:
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            continue
-        event = orjson.loads(payload)
-        if "error" in event:
-            raise BenchError(f"{label}: error in stream: {event['error']}")
-        for choice in event.get("choices") or ():
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-                parts.append(text)
-    total = time.perf_counter() - t0
-    if not done:
-        raise BenchError(f"{label}: the stream ended without data: [DONE]")
-    return Sample(total=total, ttft=ttft, chunks=len(parts), text="".join(parts))
-
-
-async def _read_ndjson(label: str, resp: aiohttp.ClientResponse, t0: float) -> Sample:
-    ttft: float | None = None
-    parts: list[str] = []
-    done = False
-    async for raw in resp.content:
-        if not raw.strip():
-            continue
-        event = orjson.loads(raw)
-        if "error" in event:
-            raise BenchError(f"{label}: error in stream: {event['error']}")
-        if event.get("done"):
-            done = True
-            continue
-        text = (event.get("message") or {}).get("content")
-        if text:
+        texts, end = texts_of(label, raw)
+        done = done or end
+        for text in texts:
             if ttft is None:
                 ttft = time.perf_counter() - t0
             parts.append(text)
     total = time.perf_counter() - t0
     if not done:
-        raise BenchError(f"{label}: the stream ended without a done: true line")
+        raise BenchError(f"{label}: the stream ended without {end_marker}")
     return Sample(total=total, ttft=ttft, chunks=len(parts), text="".join(parts))
+
+
+def _sse_texts(label: str, raw: bytes) -> tuple[list[str], bool]:
+    """The content deltas of one OpenAI SSE line, and whether it is `data: [DONE]`."""
+    line = raw.strip()
+    if not line.startswith(b"data:"):
+        return [], False
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return [], True
+    event = orjson.loads(payload)
+    if "error" in event:
+        raise BenchError(f"{label}: error in stream: {event['error']}")
+    deltas = ((c.get("delta") or {}).get("content") for c in event.get("choices") or ())
+    return [text for text in deltas if text], False
+
+
+def _ndjson_texts(label: str, raw: bytes) -> tuple[list[str], bool]:
+    """The content of one Ollama NDJSON line, and whether it is the `done: true` line."""
+    if not raw.strip():
+        return [], False
+    event = orjson.loads(raw)
+    if "error" in event:
+        raise BenchError(f"{label}: error in stream: {event['error']}")
+    if event.get("done"):
+        return [], True
+    text = (event.get("message") or {}).get("content")
+    return ([text] if text else []), False
+
+
+STREAM_FORMATS = {
+    "openai": (_sse_texts, "data: [DONE]"),
+    "ollama": (_ndjson_texts, "a done: true line"),
+}
 
 
 # -- DX as a subprocess ----------------------------------------------------------------------

@@ -30,8 +30,13 @@ def free_port() -> int:
 def one_run(state: str) -> tuple[float, str]:
     env = {"XDG_DATA_HOME": state, "PATH": "/usr/bin:/bin", "HOME": state}
     t0 = time.monotonic()
-    proc = subprocess.Popen([DX, "serve", "--port", str(free_port())], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        [DX, "serve", "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -53,8 +58,10 @@ def main() -> None:
             wall, banner = one_run(state)
         walls.append(wall)
         print(f"run {i + 1}: {wall:.2f} s from exec to ready (banner: {banner})")
-    print(f"median {statistics.median(walls):.2f} s, min {min(walls):.2f} s, "
-          f"max {max(walls):.2f} s over {len(walls)} runs")
+    print(
+        f"median {statistics.median(walls):.2f} s, min {min(walls):.2f} s, "
+        f"max {max(walls):.2f} s over {len(walls)} runs"
+    )
 
 
 if __name__ == "__main__":
