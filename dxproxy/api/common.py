@@ -18,6 +18,7 @@ from dxproxy.errors import ApiError, dialect_of
 from dxproxy.keys import CONFIG, ROUTER, SESSION
 from dxproxy.router import Unavailable
 from supervisors.process import Replica
+from supervisors.states import EngineState
 
 # Generation can pause for a long time (a long prompt before the first token), but an engine
 # that sends nothing for this long is hung: give the client an error instead of waiting forever.
@@ -112,20 +113,7 @@ async def call_engine(
     try:
         async with request.app[ROUTER].acquire(model.name) as replica:
             sent_ns = time.monotonic_ns()
-            try:
-                resp = await request.app[SESSION].post(
-                    replica.base_url + path,
-                    data=orjson.dumps(payload),
-                    headers={"Content-Type": "application/json"},
-                    timeout=ENGINE_READ_TIMEOUT,
-                )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise ApiError(
-                    503,
-                    f"the engine of '{model.name}' did not answer "
-                    f"({type(exc).__name__}: {exc}); it may be restarting, "
-                    "try again",
-                ) from None
+            resp = await _post(request.app[SESSION], replica, model, path, orjson.dumps(payload))
             try:
                 if resp.status >= 400:
                     raise engine_error(model.name, resp.status, await resp.read())
@@ -136,6 +124,45 @@ async def call_engine(
                 resp.release()
     except Unavailable as exc:
         raise ApiError(exc.status, exc.message) from None
+
+
+async def _post(
+    session: aiohttp.ClientSession, replica: Replica, model: ModelConfig, path: str, body: bytes
+) -> aiohttp.ClientResponse:
+    for attempt in (1, 2):
+        try:
+            return await session.post(
+                replica.base_url + path,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=ENGINE_READ_TIMEOUT,
+            )
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # A pooled keep-alive connection the engine had already closed (it does after a
+            # failed stream): the request never reached it. Once more, on a new connection.
+            if attempt == 2 or replica.state is not EngineState.READY:
+                raise ApiError(
+                    503,
+                    f"the engine of '{model.name}' is not answering; it may "
+                    "be restarting, try again",
+                ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(
+                503,
+                f"the engine of '{model.name}' did not answer ({type(exc).__name__}: {exc}); "
+                "it may be restarting, try again",
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def stream_cut(model: ModelConfig, exc: Exception) -> str:
+    """Why a stream ended early, for the client. The engine's own reason is only in its log:
+    llama-cpp-python, for one, ends a stream when the prompt does not fit the context."""
+    return (
+        f"the engine of '{model.name}' failed mid-stream: {exc} (a prompt longer than the "
+        f"context, {model.context} tokens, is a common cause; dx serve --log-level debug shows "
+        "the engine's own reason)"
+    )
 
 
 def engine_error(model: str, status: int, body: bytes) -> ApiError:

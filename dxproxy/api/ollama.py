@@ -24,6 +24,7 @@ from dxproxy.api.common import (
     read_json,
     resolve_model,
     sse_events,
+    stream_cut,
 )
 from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig, parse_duration
@@ -257,8 +258,7 @@ async def _relay_stream(
                 break
             except (EngineStreamError, aiohttp.ClientError, TimeoutError) as exc:
                 # Headers are sent: Ollama's way is one last line with the error, no done.
-                message = f"the engine of '{model.name}' failed mid-stream: {exc}"
-                await out.write(orjson.dumps({"error": message}) + b"\n")
+                await out.write(orjson.dumps({"error": stream_cut(model, exc)}) + b"\n")
                 return out
             if event.get("usage"):
                 usage = event["usage"]

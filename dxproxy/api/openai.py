@@ -8,7 +8,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from dxproxy.api.common import call_engine, field, read_json, resolve_model
+from dxproxy.api.common import (
+    EngineStreamError,
+    call_engine,
+    field,
+    read_json,
+    resolve_model,
+    stream_cut,
+)
 from dxproxy.config import ModelConfig
 from dxproxy.errors import ApiError, error_body, json_response
 from dxproxy.keys import CATALOG
@@ -73,18 +80,15 @@ async def _relay(
             try:
                 chunk = await call.response.content.readany()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                await out.write(
-                    _sse_error(f"the engine of '{model.name}' failed mid-stream: {exc}")
-                )
+                await out.write(_sse_error(stream_cut(model, exc)))
                 return out
             if not chunk:
                 break
             await out.write(chunk)  # relayed as it arrives: no parsing on the hot path
             tail = (tail + chunk)[-32:]
         if b"[DONE]" not in tail:
-            await out.write(
-                _sse_error(f"the engine of '{model.name}' closed the stream before it finished")
-            )
+            cut = EngineStreamError("the engine closed the stream before it finished")
+            await out.write(_sse_error(stream_cut(model, cut)))
         return out
 
 

@@ -182,3 +182,23 @@ def test_sigterm_stops_engines_and_exits_cleanly(tmp_path: Path) -> None:
         assert any("the API key is in" in line for line in again.banner)
     finally:
         again.stop()
+
+
+def test_prompt_longer_than_the_context(dx_real: DxProcess) -> None:
+    """llama-cpp-python refuses it: with a 400 when not streaming, by cutting the stream
+    short when streaming. Either way the caller learns why, and the next request works (the
+    engine closed its pooled connection; DX must not hand that dead connection on)."""
+    too_long = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(ollama.ResponseError) as err:
+        client(dx_real).chat(model="smollm2", messages=too_long)
+    assert err.value.status_code == 400 and "context length" in err.value.error
+    with pytest.raises(ollama.ResponseError) as cut:
+        list(client(dx_real).chat(model="smollm2", messages=too_long, stream=True))
+    assert "context, 2048 tokens" in cut.value.error
+    oa = openai.OpenAI(base_url=dx_real.url + "/v1", api_key=dx_real.key, max_retries=0)
+    for _ in range(3):
+        stream = oa.chat.completions.create(model="smollm2", messages=too_long, stream=True)
+        with pytest.raises(openai.APIError):
+            list(stream)
+        reply = oa.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)
+        assert reply.choices[0].message.content
