@@ -63,7 +63,8 @@ def field(
     kinds = kind if isinstance(kind, tuple) else (kind,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
-        expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        names = [_TYPE_NAMES.get(k, k.__name__) for k in kinds if not (k is int and float in kinds)]
+        expected = " or ".join(names)
         got = (
             "true or false"
             if isinstance(value, bool)

@@ -75,13 +75,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     body = await read_json(request)
     model = resolve_model(request, body.get("model"))
-    messages = [_message(m, i) for i, m in enumerate(field(body, "messages", list, []))]
+    raw_messages = field(body, "messages", list, [])
+    messages = [_message(m, i) for i, m in enumerate(raw_messages)]
     stream = field(body, "stream", bool, True)
     tools = field(body, "tools", list, None)
     payload = _sampling(body, model)
     _check_common(body)
     if not messages:
         return _load_reply(body, model, chat=True)
+    if any(isinstance(m, dict) and m.get("images") for m in raw_messages):
+        _check_vision(model)
     payload["messages"] = messages
     if tools:
         payload["tools"] = tools
@@ -111,6 +114,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         )
     if not prompt and not images:
         return _load_reply(body, model, chat=False)
+    if images:
+        _check_vision(model)
     if raw:
         if system or images:
             raise ApiError(400, "raw mode does not support template, system, or context")
@@ -133,6 +138,17 @@ def _check_common(body: dict[str, Any]) -> None:
     if body.get("think") not in (None, False):
         raise ApiError(
             400, "think: DX does not support thinking models yet; send think: false or leave it out"
+        )
+
+
+def _check_vision(model: ModelConfig) -> None:
+    # llama-cpp-python as DX starts it has no vision projector: images would reach the engine
+    # only to fail with an internal error. An operator's own `command` may add one.
+    if model.engine == "llamacpp" and model.command is None:
+        raise ApiError(
+            400,
+            f"{display_name(model.name)} does not support images: DX starts llama.cpp models "
+            "without a vision projector",
         )
 
 

@@ -208,6 +208,8 @@ def test_key_file_is_private(dx_fake: DxProcess) -> None:
         ("/api/generate", b'{"model": "fake", "prompt": 5}', 400, "prompt: expected a string"),
         ("/api/generate", b'{"model": "fake", "prompt": "x", "options": {"top_k": "many"}}',
          400, "options.top_k"),
+        ("/api/generate", b'{"model": "fake", "prompt": "x", "options": {"top_p": "hi"}}',
+         400, "options.top_p: expected a number, got a string"),
         ("/api/generate", b'{"model": "fake", "prompt": "x", "format": 3}', 400,
          "invalid format"),
         ("/api/generate", b'{"model": "fake", "prompt": "x", "suffix": "y"}', 400,

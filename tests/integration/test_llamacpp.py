@@ -131,6 +131,10 @@ def test_refusals_with_the_real_engine(dx_real: DxProcess) -> None:
     with pytest.raises(ollama.ResponseError) as nf:
         client(dx_real).chat(model="llama3", messages=QUESTION)
     assert nf.value.status_code == 404 and "smollm2:latest" in nf.value.error
+    with pytest.raises(ollama.ResponseError) as vision:
+        client(dx_real).chat(model="smollm2", messages=[
+            {"role": "user", "content": "What is this?", "images": ["aGVsbG8="]}])
+    assert vision.value.status_code == 400 and "does not support images" in vision.value.error
     oa = openai.OpenAI(base_url=dx_real.url + "/v1", api_key=dx_real.key, max_retries=0)
     with pytest.raises(openai.BadRequestError):
         oa.chat.completions.create(model="smollm2", messages=[{"role": "user"}],
