@@ -1,7 +1,8 @@
 """Errors in the caller's dialect: Ollama `{"error": "..."}`, OpenAI `{"error": {...}}`.
 
 Handlers raise `ApiError`; the error middleware renders it (and aiohttp's own HTTP errors such
-as 404, 405 and 413) for the API the request was made to. Nothing becomes a 500.
+as 404, 405 and 413) for the API the request was made to. Bad input never becomes a 500;
+only a bug in DX does, answered with an error id to find in the log.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(request, exc.status, message, headers=headers)
     except Exception:
-        # A bug in DX. Say so plainly, with the request id to find it in the log.
+        # A bug in DX. Say so plainly, with an id to find the traceback in the log.
         rid = secrets.token_hex(6)
         log.exception("error %s: %s %s failed", rid, request.method, request.path)
         return error_response(
