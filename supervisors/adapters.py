@@ -81,6 +81,12 @@ class EngineAdapter:
         env.update(model.env)
         return env
 
+    def cancels_only_streams(self, model: ModelConfig) -> bool:
+        """True when the engine stops generating for a client that left only if it was
+        streaming: llama-cpp-python checks for a disconnect between streamed tokens, but runs
+        a non-streamed request to its end, holding its one slot all the while."""
+        return self.kind == "llamacpp" and model.command is None
+
     def parallel(self, model: ModelConfig) -> int:
         return model.parallel or self.default_parallel
 

@@ -3,7 +3,9 @@
 Requests become `/v1/chat/completions` (or `/v1/completions` for raw generate) calls. A
 streamed reply is the engine's SSE stream turned into Ollama's NDJSON, chunk by chunk, with
 Ollama's final statistics measured by DX (time to first token = prompt evaluation); a
-non-streamed one is the engine's one-body reply, with the engine's exact token counts.
+non-streamed one is the engine's one-body reply, with the engine's exact token counts, except
+on engines that notice a client leaving only while streaming (llama-cpp-python): there the
+stream is collected into one reply, so a client that gives up still frees the engine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig, parse_duration
 from dxproxy.errors import ApiError, json_response
 from dxproxy.keys import CATALOG
+from supervisors.adapters import ADAPTERS
 
 routes = web.RouteTableDef()
 
@@ -88,8 +91,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     payload["messages"] = messages
     if tools:
         payload["tools"] = tools
-    reply = _relay_stream if stream else _reply_once
-    return await reply(request, model, "/v1/chat/completions", payload, started, chat=True)
+    return await _reply(request, model, "/v1/chat/completions", payload, started, stream, chat=True)
 
 
 @routes.post("/api/generate")
@@ -125,8 +127,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         user = _message({"role": "user", "content": prompt, "images": images}, 0)
         payload["messages"] = ([{"role": "system", "content": system}] if system else []) + [user]
         path = "/v1/chat/completions"
-    reply = _relay_stream if stream else _reply_once
-    return await reply(request, model, path, payload, started, chat=False)
+    return await _reply(request, model, path, payload, started, stream, chat=False)
 
 
 def _check_common(body: dict[str, Any]) -> None:
@@ -246,6 +247,25 @@ def _load_reply(body: dict[str, Any], model: ModelConfig, *, chat: bool) -> web.
     return json_response(reply)
 
 
+async def _reply(
+    request: web.Request,
+    model: ModelConfig,
+    path: str,
+    payload: dict[str, Any],
+    started: int,
+    stream: bool,
+    *,
+    chat: bool,
+) -> web.StreamResponse:
+    if stream or ADAPTERS[model.engine].cancels_only_streams(model):
+        # A client that leaves must free the engine at once, which some engines notice only
+        # while they stream: for those, `stream: false` is streamed too, and collected here.
+        return await _relay_stream(
+            request, model, path, payload, started, chat=chat, collect=not stream
+        )
+    return await _reply_once(request, model, path, payload, started, chat=chat)
+
+
 async def _relay_stream(
     request: web.Request,
     model: ModelConfig,
@@ -254,17 +274,25 @@ async def _relay_stream(
     started: int,
     *,
     chat: bool,
+    collect: bool = False,
 ) -> web.StreamResponse:
-    """The engine's SSE stream as Ollama NDJSON, one line per token, as tokens arrive."""
+    """The engine's SSE stream as Ollama NDJSON, one line per token, as tokens arrive.
+
+    With `collect`, the same stream is gathered into one reply instead (for `stream: false`
+    on engines that only notice a client leaving while they stream).
+    """
     name = display_name(model.name)
+    payload["stream"] = True
     payload["stream_options"] = {"include_usage": True}  # token counts, where engines give them
     async with call_engine(request, model, path, payload, started) as call:
-        out = web.StreamResponse(headers={"Content-Type": NDJSON})
-        await out.prepare(request)
+        out: web.StreamResponse | None = None
+        if not collect:
+            out = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await out.prepare(request)
+        parts: list[str] = []
         tool_calls: dict[int, dict[str, Any]] = {}
         finish = "stop"
         usage: dict[str, Any] = {}
-        tokens = 0
         first_ns = last_ns = 0
         events = sse_events(call.response)
         while True:
@@ -273,6 +301,8 @@ async def _relay_stream(
             except StopAsyncIteration:
                 break
             except (EngineStreamError, aiohttp.ClientError, TimeoutError) as exc:
+                if out is None:
+                    raise ApiError(502, stream_cut(model, exc)) from None
                 # Headers are sent: Ollama's way is one last line with the error, no done.
                 await out.write(orjson.dumps({"error": stream_cut(model, exc)}) + b"\n")
                 return out
@@ -290,17 +320,20 @@ async def _relay_stream(
                     continue
                 last_ns = time.monotonic_ns()
                 first_ns = first_ns or last_ns
-                tokens += 1
-                await out.write(orjson.dumps(_chunk(name, chat, text, done=False)) + b"\n")
+                parts.append(text)
+                if out is not None:
+                    await out.write(orjson.dumps(_chunk(name, chat, text, done=False)) + b"\n")
 
         calls = [_tool_call_to_ollama(tool_calls[k], k) for k in sorted(tool_calls)]
-        if calls:
+        if calls and out is not None:
             tool_chunk = _chunk(name, chat, "", done=False)
             tool_chunk["message"]["tool_calls"] = calls
             await out.write(orjson.dumps(tool_chunk) + b"\n")
         end = time.monotonic_ns()
         first_ns, last_ns = first_ns or end, last_ns or end
-        final = _chunk(name, chat, "", done=True)
+        final = _chunk(name, chat, "" if out is not None else "".join(parts), done=True)
+        if calls and out is None and chat:
+            final["message"]["tool_calls"] = calls
         final.update(
             _stats(
                 finish,
@@ -310,10 +343,12 @@ async def _relay_stream(
                 # token count; llama-cpp-python does not, and an unknown count is left out.
                 prompt_tokens=usage.get("prompt_tokens"),
                 prompt_ns=first_ns - call.sent_ns,  # time to first token
-                eval_tokens=usage.get("completion_tokens") or tokens,
+                eval_tokens=usage.get("completion_tokens") or len(parts),
                 eval_ns=last_ns - first_ns,
             )
         )
+        if out is None:
+            return json_response(final)
         await out.write(orjson.dumps(final) + b"\n")
         return out
 
@@ -327,8 +362,8 @@ async def _reply_once(
     *,
     chat: bool,
 ) -> web.Response:
-    """One engine reply as one Ollama object. The engine answers in one body too: streaming
-    costs llama-cpp-python about 1 ms a token, and its one-body reply has exact usage."""
+    """One engine reply as one Ollama object, from one engine body: no per-token streaming
+    cost (about 1 ms a token on llama-cpp-python), and the engine's exact token counts."""
     payload["stream"] = False
     async with call_engine(request, model, path, payload, started) as call:
         try:
