@@ -44,6 +44,7 @@ def check_final_stats(final: ollama.ChatResponse | ollama.GenerateResponse) -> N
     assert final.prompt_eval_count is None
     assert 0 < final.eval_count <= 24
     assert final.total_duration > final.eval_duration > 0
+    assert datetime.fromisoformat(str(final.created_at).replace("Z", "+00:00"))
 
 
 def test_banner_tells_the_truth(dx_real: DxProcess) -> None:
