@@ -350,3 +350,21 @@ def test_engine_that_cannot_start(tmp_path: Path) -> None:
         assert ok.status_code == 200  # the other model keeps serving
     finally:
         dx.stop()
+
+
+def test_sighup_is_harmless_and_ctrl_c_stops_dx_and_its_engines(tmp_path: Path) -> None:
+    import signal
+
+    import psutil
+
+    dx = start_dx(tmp_path, {"fake": fake_model(), "other": fake_model(replicas=2)})
+    engines = dx.engine_pids()
+    assert len(engines) == 3
+    dx.proc.send_signal(signal.SIGHUP)  # reload is not built yet: logged, and nothing dies
+    time.sleep(0.3)
+    assert httpx.get(dx.url + "/api/tags", headers=dx.auth).status_code == 200
+    assert any("SIGHUP received" in line for line in dx.lines)
+    assert dx.stop(signal.SIGINT) == 0
+    assert not any(psutil.pid_exists(p) for p in engines)
+    stopped = [line for line in dx.lines if "-> stopped" in line]
+    assert len(stopped) == 3, dx.lines
