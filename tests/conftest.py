@@ -38,7 +38,8 @@ def smollm2_path() -> Path:
 
 
 def fake_model(**extra: object) -> dict[str, object]:
-    """A model entry whose engine is tests/fake_engine.py."""
+    """A model entry whose engine is tests/fake_engine.py. `model` must name an existing file
+    (the config checks it); the fake engine ignores it, so it names itself."""
     args = [str(a) for a in extra.pop("engine_args", [])]  # type: ignore[attr-defined]
     return {"engine": "llamacpp", "model": str(Path(FAKE_ENGINE)),
             "command": [sys.executable, FAKE_ENGINE, "--port", "{port}", *args], **extra}
