@@ -81,10 +81,10 @@ def model_lines(config: Config, replicas: dict[str, list[Replica]]) -> list[str]
             if r.state is EngineState.READY:
                 state = f"ready in {r.ready_in:.1f} s (pid {r.pid}, port {r.port})"
             else:
-                first, *rest = r.error.splitlines() or [""]
+                first, output = r.failure(FAILED_TAIL)
                 state = f"{r.state.upper()}: {first}"
                 # The engine's own last words usually say why (a missing module, a bad file).
-                why = [f"      | {line.strip()}" for line in rest[-FAILED_TAIL:] if line.strip()]
+                why = [f"      | {line}" for line in output]
             replica = f" #{r.index}" if m.replicas > 1 else ""
             lines.append(
                 f"    {display_name(m.name)}{replica}  {m.engine}  {m.device}  "

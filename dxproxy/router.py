@@ -117,9 +117,11 @@ class Router:
     def _why_down(model: str, replicas: list[Replica]) -> str:
         if not replicas:
             return f"model '{model}' has no engine running"
-        errors = [r.error for r in replicas if r.error]
-        # The engine's last lines, on one line: the reason is usually in them.
-        lines = errors[0].split("\n") if errors else ["it is stopped"]
-        detail = " | ".join([lines[0]] + [line.strip() for line in lines[1:][-4:]])
+        failed = next((r for r in replicas if r.error), None)
+        if failed is None:
+            detail = "it is stopped"
+        else:
+            head, output = failed.failure(4)
+            detail = " | ".join([head, *output])  # on one line: the reason is usually in there
         retry = "" if any(r.gave_up for r in replicas) else " DX is restarting it; retry soon."
         return f"model '{model}' is unavailable: {detail}.{retry} The dx log has more."

@@ -102,8 +102,11 @@ class Replica:
             return False
         return self.state in (EngineState.STARTING, EngineState.READY)
 
-    def tail(self) -> list[str]:
-        return list(self._tail)
+    def failure(self, lines: int) -> tuple[str, list[str]]:
+        """Why the replica is down: the headline of `error`, and the engine's last `lines`
+        non-blank output lines, where the real reason usually is."""
+        head, *output = self.error.splitlines() or [""]
+        return head, [line.strip() for line in output if line.strip()][-lines:]
 
     def _set_state(self, new: EngineState, reason: str = "") -> None:
         old = self.state
@@ -164,7 +167,6 @@ class Replica:
             failures = len(recent)
             if failures >= MAX_FAILURES:
                 self.gave_up = True
-                self._settled.set()
                 log.error(
                     "%s: giving up after %d failures in %.0f minutes",
                     self.id,

@@ -156,11 +156,11 @@ async def _post(
     raise AssertionError("unreachable")
 
 
-def stream_cut(model: ModelConfig, exc: Exception) -> str:
+def stream_cut(model: ModelConfig, reason: object) -> str:
     """Why a stream ended early, for the client. The engine's own reason is only in its log:
     llama-cpp-python, for one, ends a stream when the prompt does not fit the context."""
     return (
-        f"the engine of '{model.name}' failed mid-stream: {exc} (a prompt longer than the "
+        f"the engine of '{model.name}' failed mid-stream: {reason} (a prompt longer than the "
         f"context, {model.context} tokens, is a common cause; dx serve --log-level debug shows "
         "the engine's own reason)"
     )

@@ -9,7 +9,6 @@ import aiohttp
 from aiohttp import web
 
 from dxproxy.api.common import (
-    EngineStreamError,
     call_engine,
     field,
     read_json,
@@ -87,7 +86,7 @@ async def _relay(
             await out.write(chunk)  # relayed as it arrives: no parsing on the hot path
             tail = (tail + chunk)[-32:]
         if b"[DONE]" not in tail:
-            cut = EngineStreamError("the engine closed the stream before it finished")
+            cut = "the engine closed the stream before it finished"
             await out.write(_sse_error(stream_cut(model, cut)))
         return out
 
