@@ -22,6 +22,7 @@ from dxproxy.app import make_app
 from dxproxy.auth import KeyFile
 from dxproxy.config import Config
 from dxproxy.keys import SUPERVISOR
+from dxproxy.sdnotify import Notifier
 
 log = logging.getLogger("dx.server")
 
@@ -34,6 +35,9 @@ class Server:
         self.key = key
         self.out = out
         self.should_exit = asyncio.Event()
+        # systemd's Type=notify (a no-op outside systemd); reloads call notifier.reloading()
+        # and notifier.ready() around their work.
+        self.notifier = Notifier.from_environ()
 
     def handle_exit(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set():
@@ -57,6 +61,7 @@ class Server:
         # SIGHUP's default action would kill DX (and, through PDEATHSIG, its engines).
         loop.add_signal_handler(signal.SIGHUP, self.handle_hup)
         hardware = asyncio.create_task(asyncio.to_thread(banner.detect_hardware))
+        watchdog = asyncio.create_task(self.notifier.run_watchdog())
         keys = tuple(self.config.auth.keys) + ((self.key.key,) if self.key else ())
         app = make_app(self.config, api_keys=keys, key_file=self.key.path if self.key else None)
         runner = web.AppRunner(
@@ -78,6 +83,10 @@ class Server:
                 return 1
             supervisor = app[SUPERVISOR]
             await supervisor.apply(self.config)  # returns at once; engines start meanwhile
+            # Start-up lasts until every engine settles: allow the slowest startup_timeout.
+            slowest = max((m.startup_timeout for m in self.config.models), default=0.0)
+            self.notifier.extend_timeout(slowest + 30)
+            self.notifier.status(f"starting {len(supervisor.all_replicas())} engine(s)")
             for line in banner.header(self.config, await hardware, self.key):
                 self.out(line)
             settled = asyncio.create_task(supervisor.wait_settled())
@@ -90,9 +99,16 @@ class Server:
                 failed = sum(1 for r in supervisor.all_replicas() if r.error)
                 verdict = f" ({failed} engine(s) FAILED, see above)" if failed else ""
                 self.out(f"  ready in {time.time() - t0:.1f} s{verdict}")
+                ready = len(supervisor.all_replicas()) - failed
+                failures = f", {failed} FAILED" if failed else ""
+                self.notifier.ready(f"serving on {host}:{port}; {ready} engine(s) ready{failures}")
             await stop
             settled.cancel()
         finally:
+            # Draining requests, then stopping engines, each up to shutdown_timeout.
+            self.notifier.stopping(timeout=2 * self.config.server.shutdown_timeout + 5)
             await runner.cleanup()
+            watchdog.cancel()  # pings go on while draining: the loop is still alive
+            self.notifier.close()
             log.info("stopped")
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
@@ -100,7 +101,8 @@ class DxProcess:
 
 
 def start_dx(tmp: Path, models: dict[str, object], *, auth: bool = True,
-             extra: dict[str, object] | None = None, wait: float = 60) -> DxProcess:
+             extra: dict[str, object] | None = None, wait: float = 60,
+             env: dict[str, str] | None = None) -> DxProcess:
     port = free_port()
     state = tmp / "state"
     extra = dict(extra or {})
@@ -110,7 +112,8 @@ def start_dx(tmp: Path, models: dict[str, object], *, auth: bool = True,
     path = tmp / "dx.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([*DX, "serve", "--config", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=tmp)
+                            stderr=subprocess.STDOUT, text=True, cwd=tmp,
+                            env={**os.environ, **(env or {})})
     dx = DxProcess(proc, f"http://127.0.0.1:{port}", "", state)
     # A thread drains dx's output for its whole life (a full pipe would block dx) and keeps it
     # for the assertions; the banner ends with "  ready in X s".
