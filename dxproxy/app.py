@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dxproxy.api import ollama, openai
-from dxproxy.auth import auth_middleware
+from dxproxy.auth import Gate
 from dxproxy.catalog import build_catalog
 from dxproxy.config import Config
 from dxproxy.errors import error_middleware, json_response
@@ -27,10 +27,12 @@ async def health(request: web.Request) -> web.Response:
 def make_app(
     config: Config, *, api_keys: tuple[str, ...], key_file: Path | None
 ) -> web.Application:
-    middlewares: list[Middleware] = [error_middleware]
-    if config.auth.enabled:
-        middlewares.append(auth_middleware(keys=api_keys, key_file=key_file))
+    # Keys, limits and the door (dxproxy/auth.py, door.py); with auth off, only the door and
+    # the default per-key limits (applied per client address).
+    gate = Gate(config, api_keys=api_keys)
+    middlewares: list[Middleware] = [error_middleware, *gate.middlewares]
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    gate.install(app)
     app[CONFIG] = config
     app.router.add_get("/health", health)
     app.add_routes(ollama.routes)

@@ -29,6 +29,12 @@ DEFAULT_QUEUE_SIZE = 64
 DEFAULT_QUEUE_TIMEOUT = 120.0
 DEFAULT_CONTEXT = 4096
 DEFAULT_STARTUP_TIMEOUT = 300.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
+DEFAULT_MAX_AUTH_FAILURES = 10
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -57,6 +63,17 @@ class ServerConfig:
     allow_public_without_auth: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY
     shutdown_timeout: float = DEFAULT_SHUTDOWN
+    # The door (dxproxy/door.py): browser origins added to the local ones, Host names accepted
+    # on loopback besides localhost, proxies whose X-Forwarded-For is believed, and the limits
+    # that keep slow or greedy clients from holding connections.
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
     @property
     def is_loopback(self) -> bool:
@@ -73,12 +90,28 @@ class AuthConfig:
     enabled: bool = True
     # Extra accepted keys (e.g. "${DX_API_KEY}"); the generated key in state_dir always works.
     keys: tuple[str, ...] = ()
+    # Failed key checks one client address may make per minute before it gets 429s.
+    max_failures: int = DEFAULT_MAX_AUTH_FAILURES
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Per-key rate limits; None is unlimited. Also the defaults for keys that set none."""
+
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # prompt + completion tokens per minute
+    concurrency: int | None = None  # requests in flight at once
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     queue_size: int = DEFAULT_QUEUE_SIZE  # requests waiting per model before 503
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT  # seconds a request may wait for a free replica
+    per_key: KeyLimits = field(default_factory=KeyLimits)  # defaults for every key
+    # Shared counters across DX instances (dxproxy/limits.py); None keeps them in memory.
+    redis_url: str | None = None
+    # While Redis is unreachable: "open" serves without rate limits, "closed" answers 503.
+    redis_failure: Literal["open", "closed"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +314,22 @@ def load_config(
         allow_public_without_auth=s.get("allow_public_without_auth", bool, False),
         max_body_bytes=s.positive("max_body_bytes", int, DEFAULT_MAX_BODY),
         shutdown_timeout=s.duration("shutdown_timeout", DEFAULT_SHUTDOWN),
+        cors_origins=s.strings("cors_origins"),
+        allowed_hosts=s.strings("allowed_hosts"),
+        trusted_proxies=s.strings("trusted_proxies"),
+        header_timeout=s.duration("header_timeout", DEFAULT_HEADER_TIMEOUT),
+        body_timeout=s.duration("body_timeout", DEFAULT_BODY_TIMEOUT),
+        keepalive_timeout=s.duration("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT),
+        max_connections=s.positive("max_connections", int, DEFAULT_MAX_CONNECTIONS),
+        max_connections_per_client=s.positive(
+            "max_connections_per_client", int, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+        ),
     )
+    for i, net in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            s.error(f"trusted_proxies[{i}]", f"expected an IP address or network, got {net!r}")
     if not 0 < server.port < 65536:
         s.error("port", f"expected a port number from 1 to 65535, got {server.port}")
     s.finish()
@@ -290,7 +338,11 @@ def load_config(
     before = len(problems)
     # An empty key is left out, so `${DX_API_KEY:-}` makes a key optional.
     keys = tuple(k for k in a.strings("keys") if k)
-    auth = AuthConfig(enabled=a.get("enabled", bool, True), keys=keys)
+    auth = AuthConfig(
+        enabled=a.get("enabled", bool, True),
+        keys=keys,
+        max_failures=a.positive("max_failures", int, DEFAULT_MAX_AUTH_FAILURES),
+    )
     for i, key in enumerate(auth.keys):
         if len(key) < 16 and len(problems) == before:
             a.error(f"keys[{i}]", "expected an API key of at least 16 characters")
@@ -300,7 +352,12 @@ def load_config(
     limits = LimitsConfig(
         queue_size=lim.positive("queue_size", int, DEFAULT_QUEUE_SIZE),
         queue_timeout=lim.duration("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
+        per_key=_key_limits(lim),
+        redis_url=lim.get("redis_url", str, "") or None,
+        redis_failure=lim.get("redis_failure", str, "open"),  # type: ignore[arg-type]
     )
+    if limits.redis_failure not in ("open", "closed"):
+        lim.error("redis_failure", f"expected open or closed, got {limits.redis_failure!r}")
     lim.finish()
 
     raw_models = top.get("models", dict, {})
@@ -331,6 +388,17 @@ def load_config(
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _key_limits(lim: _Reader) -> KeyLimits:
+    r = _Reader(lim.get("per_key", dict, {}), lim.key("per_key"), lim.problems, lim.env)
+    out = KeyLimits(
+        rpm=r.positive("rpm", int, 0) or None,
+        tpm=r.positive("tpm", int, 0) or None,
+        concurrency=r.positive("concurrency", int, 0) or None,
+    )
+    r.finish()
+    return out
 
 
 def _model(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import psutil
 from aiohttp import web
 
-from dxproxy import banner
+from dxproxy import banner, door
 from dxproxy.app import make_app
 from dxproxy.auth import KeyFile
 from dxproxy.config import Config
@@ -69,12 +69,16 @@ class Server:
             handler_cancellation=True,  # a client that leaves cancels its engine request
             access_log=None,
             shutdown_timeout=self.config.server.shutdown_timeout,
+            **door.runner_options(self.config.server),  # keep-alive timeout, head sizes
         )
         await runner.setup()
+        listener: asyncio.Server | None = None
         try:
             host, port = self.config.server.host, self.config.server.port
             try:
-                await web.TCPSite(runner, host, port, reuse_address=True).start()
+                # The door's connection guard: connection limits and the header timeout.
+                assert runner.server is not None
+                listener = await door.listen(runner.server, self.config.server)
             except OSError as exc:
                 self.out(
                     f"dx: cannot listen on {host}:{port}: {exc.strerror}. Is another "
@@ -107,6 +111,8 @@ class Server:
         finally:
             # Draining requests, then stopping engines, each up to shutdown_timeout.
             self.notifier.stopping(timeout=2 * self.config.server.shutdown_timeout + 5)
+            if listener is not None:
+                listener.close()  # stop accepting; runner.cleanup() drains the connections
             await runner.cleanup()
             watchdog.cancel()  # pings go on while draining: the loop is still alive
             self.notifier.close()
