@@ -10,18 +10,15 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from dxproxy import health
 from dxproxy.api import ollama, openai
 from dxproxy.auth import Gate
 from dxproxy.catalog import build_catalog
 from dxproxy.config import Config
-from dxproxy.errors import error_middleware, json_response
+from dxproxy.errors import error_middleware
 from dxproxy.keys import CATALOG, CONFIG, ROUTER, SESSION, SUPERVISOR
 from dxproxy.router import Router
 from supervisors.supervisor import Supervisor
-
-
-async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
 
 
 def make_app(
@@ -34,7 +31,7 @@ def make_app(
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
     gate.install(app)
     app[CONFIG] = config
-    app.router.add_get("/health", health)
+    app.add_routes(health.routes)  # /health, /ready
     app.add_routes(ollama.routes)
     app.add_routes(openai.routes)
     app.cleanup_ctx.append(_engines)

@@ -35,7 +35,7 @@ from dxproxy.limits import DECISION, LIMITER, Decision, Limiter, make_limiter
 
 KEY_FILE_NAME = "api-key"
 # Paths anyone may call: the liveness probes of Ollama clients and load balancers.
-OPEN_PATHS = frozenset({"/", "/health"})
+OPEN_PATHS = frozenset({"/", "/health", "/ready"})
 ADMIN_PREFIX = "/admin"
 WHERE = (
     "the first key is in the dx state directory (file api-key); "
