@@ -16,6 +16,8 @@ from dxproxy.config import (
     load_config_file,
     load_default_config,
 )
+from dxproxy.doctor import doctor
+from dxproxy.ollama_import import import_ollama
 from dxproxy.server import Server
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -101,3 +103,7 @@ def _load(path: str | None) -> Config:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+
+
+cli.add_command(doctor)
+cli.add_command(import_ollama)

