@@ -10,6 +10,7 @@ import uvloop
 
 from dxproxy import __version__
 from dxproxy.auth import ensure_api_key
+from dxproxy.cli_keys import keys
 from dxproxy.config import (
     Config,
     ConfigError,
@@ -95,6 +96,9 @@ def config_check(file: str) -> None:
     cfg = _load(file)
     names = ", ".join(m.name for m in cfg.models) or "none"
     click.echo(f"{file}: OK ({len(cfg.models)} model(s): {names})")
+
+
+cli.add_command(keys)  # dx keys create|list|revoke
 
 
 def _load(path: str | None) -> Config:
