@@ -1,4 +1,6 @@
-"""What DX tells clients about each configured model (for /api/tags and /v1/models).
+"""What DX tells clients about each configured model (/api/tags, /api/show, /api/ps,
+/v1/models): details from the GGUF header or the Hugging Face config, the chat template, and
+what the model can do.
 
 Built once per config, off the event loop (it reads file headers), then only read.
 """
@@ -6,6 +8,7 @@ Built once per config, off the event loop (it reads file headers), then only rea
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -32,6 +35,12 @@ class ModelInfo:
     modified_unix: int
     digest: str
     details: dict[str, Any] = field(default_factory=dict)
+    # The GGUF key-values (or the Hugging Face config's, as <arch>.* keys), for /api/show.
+    model_info: dict[str, Any] = field(default_factory=dict)
+    template: str = ""  # the model's own chat template (Jinja), as the engine applies it
+    license: str = ""
+    capabilities: tuple[str, ...] = ()
+    context: int = 0  # tokens one request may use: the context DX serves
 
     def tags_entry(self) -> dict[str, Any]:
         return {
@@ -41,6 +50,7 @@ class ModelInfo:
             "size": self.size,
             "digest": self.digest,
             "details": self.details,
+            "capabilities": list(self.capabilities),
         }
 
 
@@ -56,6 +66,43 @@ def build_catalog(config: Config) -> Catalog:
     return Catalog(tuple(_describe(m) for m in config.models))
 
 
+def has_vision(model: ModelConfig) -> bool:
+    """A vision projector is configured (llama.cpp), or the engine is one that reads images
+    by itself (vLLM loads a multimodal model whole; an operator's own command may add one)."""
+    projector = getattr(model, "mmproj", None) or getattr(model, "projector", None)
+    return bool(projector) or model.engine == "vllm" or model.command is not None
+
+
+def serves_embeddings(model: ModelConfig) -> bool:
+    return bool(getattr(model, "embeddings", False))
+
+
+def engine_kind(model: ModelConfig) -> str:
+    """The engine that runs: llama-server, llama-cpp-python or vllm (config names differ)."""
+    return model.spec().kind
+
+
+def capabilities(model: ModelConfig, template: str) -> tuple[str, ...]:
+    """What Ollama's /api/show calls capabilities, from the config and the chat template."""
+    caps: list[str] = []
+    # llama-server with --embeddings serves embeddings only; the other engines serve both.
+    kind = engine_kind(model)
+    if not (serves_embeddings(model) and kind == "llama-server"):
+        caps.append("completion")
+        # llama-server renders tools even when the template has no tool syntax (its generic
+        # tool-call format); llama-cpp-python would drop them, so only a template that knows
+        # tools counts there.
+        if "tools" in template or kind == "llama-server":
+            caps.append("tools")
+        if any(word in template for word in ("<think>", "enable_thinking", "reasoning")):
+            caps.append("thinking")
+        if has_vision(model):
+            caps.append("vision")
+    if serves_embeddings(model):
+        caps.append("embedding")
+    return tuple(caps)
+
+
 def _describe(model: ModelConfig) -> ModelInfo:
     details: dict[str, Any] = {
         "parent_model": "",
@@ -66,6 +113,7 @@ def _describe(model: ModelConfig) -> ModelInfo:
         "quantization_level": "",
     }
     size, mtime_ns = 0, 0
+    meta: dict[str, Any] = {}
     try:
         st = os.stat(model.model)
         size, mtime_ns = st.st_size, st.st_mtime_ns
@@ -74,19 +122,30 @@ def _describe(model: ModelConfig) -> ModelInfo:
     if model.model.endswith(".gguf") and size:
         details["format"] = "gguf"
         try:
-            meta = read_metadata(model.model)
+            meta = read_metadata(model.model, parameters=True)
         except (OSError, GGUFError, ValueError) as exc:
             log.warning("%s: cannot read GGUF metadata: %s", model.name, exc)
-        else:
-            family = str(meta.get("general.architecture", ""))
-            details.update(
-                family=family,
-                families=[family] if family else None,
-                parameter_size=str(meta.get("general.size_label", "")),
-                quantization_level=FILE_TYPES.get(meta.get("general.file_type", -1), ""),
-            )
     elif os.path.isdir(model.model):
         details["format"] = "safetensors"  # a Hugging Face folder
+        meta = _hf_metadata(model.model)
+    template = str(meta.pop("tokenizer.chat_template", ""))
+    family = str(meta.get("general.architecture", ""))
+    if family:
+        count = meta.get("general.parameter_count")
+        details.update(
+            family=family,
+            families=[family],
+            parameter_size=str(meta.get("general.size_label", "")) or _size_label(count),
+            quantization_level=FILE_TYPES.get(meta.get("general.file_type", -1), "")
+            or str(meta.pop("dx.dtype", "")),
+        )
+        # The context DX serves, not the one the model was trained for: DX's engines refuse
+        # a longer prompt (Ollama would cut it), so clients that size prompts from this
+        # (VS Code Copilot) must see what will fit.
+        meta[f"{family}.context_length"] = model.context
+    details["context_length"] = model.context
+    if f"{family}.embedding_length" in meta:
+        details["embedding_length"] = meta[f"{family}.embedding_length"]
     modified = datetime.fromtimestamp(mtime_ns / 1e9).astimezone() if mtime_ns else None
     # Ollama's digest hashes a small manifest; DX hashes what identifies the file, so a
     # listing never reads gigabytes.
@@ -99,4 +158,56 @@ def _describe(model: ModelConfig) -> ModelInfo:
         modified_unix=int(mtime_ns // 1_000_000_000),
         digest=hashlib.sha256(ident).hexdigest(),
         details=details,
+        # Ollama leaves these two out of model_info (the template has its own field).
+        model_info={k: v for k, v in meta.items() if k != "general.name"},
+        template=template,
+        license=str(meta.get("general.license", "")),
+        capabilities=capabilities(model, template),
+        context=model.context,
     )
+
+
+def _size_label(count: Any) -> str:
+    """135M, 7.2B: Ollama's parameter_size from a parameter count."""
+    if not isinstance(count, int) or count <= 0:
+        return ""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.0f}{unit}" if value >= 100 else f"{value:.1f}{unit}"
+    return str(count)
+
+
+def _hf_metadata(folder: str) -> dict[str, Any]:
+    """A Hugging Face folder described with GGUF's key names, so /api/show reads the same."""
+    meta: dict[str, Any] = {}
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return meta
+    arch = str(config.get("model_type", "")) or "unknown"
+    meta["general.architecture"] = arch
+    names = {
+        "max_position_embeddings": "context_length",
+        "hidden_size": "embedding_length",
+        "num_hidden_layers": "block_count",
+        "intermediate_size": "feed_forward_length",
+        "num_attention_heads": "attention.head_count",
+        "num_key_value_heads": "attention.head_count_kv",
+        "vocab_size": "vocab_size",
+    }
+    for key, name in names.items():
+        if isinstance(config.get(key), int):
+            meta[f"{arch}.{name}"] = config[key]
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    if isinstance(dtype, str):
+        meta["dx.dtype"] = dtype.upper().replace("BFLOAT16", "BF16").replace("FLOAT16", "F16")
+    try:
+        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
+            template = json.load(f).get("chat_template")
+        if isinstance(template, str):
+            meta["tokenizer.chat_template"] = template
+    except (OSError, ValueError, AttributeError):
+        pass
+    return meta

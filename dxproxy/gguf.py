@@ -1,4 +1,5 @@
-"""Reads the metadata header of a GGUF file (no tensors), for model details in listings."""
+"""Reads the header of a GGUF file (metadata and tensor shapes, never tensor data), for model
+details in listings and /api/show."""
 
 from __future__ import annotations
 
@@ -60,12 +61,16 @@ class GGUFError(ValueError):
     pass
 
 
-def read_metadata(path: str) -> dict[str, Any]:
-    """Scalar and string key-values of a GGUF header; arrays (the vocabulary) are skipped."""
+def read_metadata(path: str, *, parameters: bool = False) -> dict[str, Any]:
+    """Scalar and string key-values of a GGUF header; arrays (the vocabulary) are skipped.
+
+    With `parameters`, also `general.parameter_count` (what Ollama shows) summed from the
+    tensor shapes when the file does not say it: the tensor table follows the key-values.
+    """
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise GGUFError(f"{path} is not a GGUF file")
-        version, _tensors, count = struct.unpack("<IQQ", f.read(20))
+        version, tensors, count = struct.unpack("<IQQ", f.read(20))
         if version < 2:
             raise GGUFError(f"{path}: GGUF version {version} is too old")
         out: dict[str, Any] = {}
@@ -75,6 +80,18 @@ def read_metadata(path: str) -> dict[str, Any]:
             value = _value(f, kind)
             if value is not None:
                 out[key] = value
+        if parameters and "general.parameter_count" not in out:
+            total = 0
+            for _ in range(tensors):
+                _string(f)  # the tensor's name
+                (dims,) = struct.unpack("<I", f.read(4))
+                shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
+                f.read(12)  # type and data offset
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+            out["general.parameter_count"] = total
         return out
 
 

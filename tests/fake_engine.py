@@ -10,6 +10,11 @@ last user message inject faults:
 - ``PAUSE``: the usual six chunks, 50 ms apart (long enough to overlap with other requests)
 - ``REJECT``: answer 400 with an OpenAI error
 - ``TOOL``: answer with a streamed tool call ``get_weather({"city": "Paris"})``
+- ``THINK``: stream ``reasoning_content`` ("Let me think.") before the answer
+
+``POST /v1/embeddings`` answers an unnormalised 8-number vector per input, derived from the
+text (the same text gives the same vector). Every request body is kept: ``GET /last`` returns
+the last one, so tests can check what DX asked the engine for.
 
 ``GET /stats`` tells what happened: requests started, completed, cancelled (the client went
 away mid-stream), and the highest number in flight at once.
@@ -29,6 +34,7 @@ from aiohttp import web
 
 TOKENS = ["Hello", " from", " the", " fake", " engine", "."]
 stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_flight": 0}
+last_body: dict[str, Any] = {}
 
 
 def _chunk(name: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -55,8 +61,35 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
+async def get_last(request: web.Request) -> web.Response:
+    return web.json_response(last_body)
+
+
+def vector(text: str) -> list[float]:
+    data = text.encode() or b"-"
+    return [float(sum(data[i::8]) % 97 + i + 1) for i in range(8)]
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await request.json()
+    last_body.clear()
+    last_body.update(body)
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(inputs, list) or not inputs:
+        return web.json_response({"error": {"message": "input must be a non-empty list",
+                                            "type": "invalid_request_error"}}, status=400)
+    tokens = sum(len(str(t).split()) for t in inputs)
+    data = [{"object": "embedding", "index": i, "embedding": vector(str(t))}
+            for i, t in enumerate(inputs)]
+    return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await request.json()
+    last_body.clear()
+    last_body.update(body)
     text = _last_user_text(body)
     name = body.get("model", "fake")
     chat = request.path.endswith("/chat/completions")
@@ -88,6 +121,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
             {"index": 0, "message": {"role": "assistant", "content": content},
              "finish_reason": finish} if chat else
             {"index": 0, "text": content, "finish_reason": finish})
+        if "THINK" in text and chat:
+            choice["message"]["reasoning_content"] = "Let me think."
         if "TOOL" in text and chat:
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_fake1", "type": "function", "function": {
@@ -114,6 +149,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     {"index": 0, "function": {"arguments": part}}]}))
             await resp.write(_chunk(name, {}, "tool_calls"))
         else:
+            if "THINK" in text and chat:
+                for part in ("Let me", " think."):
+                    await resp.write(_chunk(name, {"reasoning_content": part}))
             for i, tok in enumerate(tokens):
                 if "DIE" in text and i == 3:
                     os._exit(17)  # a crash: no [DONE], the connection just drops
@@ -152,9 +190,12 @@ def main() -> None:
     time.sleep(args.startup_delay)
     app = web.Application()
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", models)  # what DX probes on llama-server and vLLM
     app.router.add_get("/stats", get_stats)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/last", get_last)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True)
 
 
