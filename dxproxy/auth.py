@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from dxproxy.api.usage import USAGE
 from dxproxy.config import Config
 from dxproxy.door import CLIENT, body_middleware, door_middleware
 from dxproxy.errors import error_response
@@ -282,6 +283,11 @@ class Gate:
         try:
             return await handler(request)
         finally:
+            # Tokens/minute is charged with what the engine really counted, reported by the
+            # handler (dxproxy/api/usage.py) once the reply or stream is complete.
+            usage = request.get(USAGE)
+            if usage is not None and limits.tpm:
+                self.limiter.charge(record.name, usage.prompt + usage.completion)
             await self.limiter.release(record.name, decision)
 
     def _may_use(self, record: KeyRecord, model: str) -> bool:

@@ -27,7 +27,6 @@ from typing import Any
 from aiohttp import web
 
 from dxproxy.config import KeyLimits, LimitsConfig
-from dxproxy.keystore import API_KEY
 
 log = logging.getLogger("dx.limits")
 
@@ -434,19 +433,3 @@ async def revoke_everywhere(url: str, digest: str) -> None:
 
 LIMITER = web.AppKey("dx.limiter", Limiter)
 DECISION = web.RequestKey("dx.ratelimit", Decision)
-
-
-def charge_tokens(request: web.Request, prompt: int | None, completion: int | None) -> None:
-    """Charges a finished request's real token usage to its key's tokens/minute budget.
-
-    Called by the API handlers where the engine's usage is at hand; a no-op when the key has
-    no tokens/minute limit. Synchronous and cheap (Redis writes happen in the background).
-    """
-    decision = request.get(DECISION)
-    if decision is None or not decision.limits.tpm:
-        return
-    record = request.get(API_KEY)
-    if record is None:
-        return
-    tokens = int(prompt or 0) + int(completion or 0)
-    request.app[LIMITER].charge(record.name, tokens)
