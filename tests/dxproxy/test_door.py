@@ -257,11 +257,12 @@ def test_slow_body_is_408(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_connection_limits(tmp_path: Path) -> None:
-    extra = {"server": {"max_connections": 20, "max_connections_per_client": 10}}
+def test_connection_limits_and_keepalive_timeout(tmp_path: Path) -> None:
+    extra = {"server": {"max_connections": 20, "max_connections_per_client": 10,
+                        "keepalive_timeout": 1}}
     proc = start_dx(tmp_path, {"fake": fake_model()}, extra=extra)
     host, port = proc.url.removeprefix("http://").split(":")
-    held = []
+    held: list[socket.socket] = []
     try:
         for _ in range(10):
             held.append(socket.create_connection((host, int(port))))
@@ -269,9 +270,20 @@ def test_connection_limits(tmp_path: Path) -> None:
         # The 11th connection from this address is refused with a clear 503.
         status, body = raw(proc, get("/api/tags", b"Authorization: Bearer " + proc.key.encode()))
         assert status == 503 and b"too many connections" in body
+        for s in held:
+            s.close()
+        held.clear()
+        time.sleep(0.2)
+        # An idle kept-alive connection is closed after keepalive_timeout.
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(get("/api/tags", b"Authorization: Bearer " + proc.key.encode())
+                      .replace(b"Connection: close", b"Connection: keep-alive"))
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            assert s.recv(65536) == b""  # closed by dx
+            assert 0.5 < time.monotonic() - t0 < 3
+        assert httpx.get(proc.url + "/api/tags", headers=proc.auth).status_code == 200
     finally:
         for s in held:
             s.close()
-    time.sleep(0.2)
-    assert httpx.get(proc.url + "/api/tags", headers=proc.auth).status_code == 200
-    proc.stop()
+        proc.stop()
