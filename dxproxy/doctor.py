@@ -210,7 +210,9 @@ def program_version(program: str, timeout: float = 10) -> str:
 
 def interpreter_versions(python: str, timeout: float = 30) -> dict[str, str] | str:
     """Engine package versions installed for `python`; a string says why none could be read."""
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # Not realpath: every virtualenv's python links to the same base interpreter, yet each
+    # sees its own site-packages.
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         return _own_versions()
     try:
         out = subprocess.run(

