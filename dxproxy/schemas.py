@@ -14,7 +14,7 @@ the engine as they came, so they are decoded to a dict and only *checked* agains
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -22,8 +22,10 @@ from dxproxy.errors import ApiError
 
 T = TypeVar("T")
 
+# msgspec decodes integers of any size, the engines (and orjson) only 64-bit ones.
+Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # Ollama decodes JSON numbers into Go ints by truncation, so integer options accept floats.
-Number = int | float
+Number = Int | float
 Think = bool | Literal["low", "medium", "high", "max"]
 KeepAlive = int | float | str
 
@@ -34,7 +36,7 @@ KeepAlive = int | float | str
 class Function(msgspec.Struct):
     name: str = ""
     arguments: dict[str, Any] | str | None = None  # an object in Ollama; OpenAI's string too
-    index: int | None = None
+    index: Int | None = None
     description: str | None = None
 
 
@@ -102,7 +104,7 @@ class Generation(msgspec.Struct):
     truncate: bool | None = None
     shift: bool | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Int | None = None
     debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
@@ -116,7 +118,7 @@ class GenerateRequest(Generation):
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    context: list[int] | None = None
+    context: list[Int] | None = None
     raw: bool = False
     images: list[str] | None = None
 
@@ -125,7 +127,7 @@ class EmbedRequest(msgspec.Struct):
     model: str = ""
     input: str | list[str] | None = None
     truncate: bool | None = None
-    dimensions: int | None = None
+    dimensions: Int | None = None
     keep_alive: KeepAlive | None = None
     options: Options | None = None
 
@@ -171,10 +173,10 @@ class _OpenAIGeneration(msgspec.Struct):
     model: str = ""
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
-    seed: int | None = None
+    max_tokens: Int | None = None
+    max_completion_tokens: Int | None = None
+    n: Int | None = None
+    seed: Int | None = None
     temperature: float | None = None
     top_p: float | None = None
     presence_penalty: float | None = None
@@ -193,7 +195,7 @@ class OpenAICompletionRequest(_OpenAIGeneration):
 class OpenAIEmbeddingRequest(msgspec.Struct):
     model: str = ""
     input: str | list[Any] | None = None
-    dimensions: int | None = None
+    dimensions: Int | None = None
     encoding_format: Literal["float", "base64"] | None = None
 
 
@@ -256,6 +258,6 @@ def _invalid(message: str) -> ApiError:
         if path == "think":
             what += ' (expected true, false, "low", "medium", "high" or "max")'
     else:
-        what = what[:1].lower() + what[1:]
+        what = what[:1].lower() + what[1:].replace("`int`", "an integer")
     param = path.split(".")[0].split("[")[0] or None
     return ApiError(400, f"{path}: {what}" if path else what, param=param)

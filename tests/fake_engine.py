@@ -37,10 +37,25 @@ stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_
 last_body: dict[str, Any] = {}
 
 
-def _chunk(name: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+def _chunk(name: str, delta: dict[str, Any], finish: str | None = None,
+           logprobs: dict[str, Any] | None = None) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    if logprobs:
+        choice["logprobs"] = logprobs
     event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+             "model": name, "choices": [choice]}
     return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+def _logprobs(body: dict[str, Any], tokens: list[str]) -> dict[str, Any] | None:
+    """OpenAI's chat logprobs, when asked for: every token at -0.25."""
+    if not body.get("logprobs"):
+        return None
+    n = int(body.get("top_logprobs") or 0)
+    entries = [{"token": t, "logprob": -0.25, "bytes": list(t.encode()),
+                "top_logprobs": [{"token": t, "logprob": -0.25, "bytes": list(t.encode())}] * n}
+               for t in tokens]
+    return {"content": entries}
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -123,6 +138,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
             {"index": 0, "text": content, "finish_reason": finish})
         if "THINK" in text and chat:
             choice["message"]["reasoning_content"] = "Let me think."
+        if chat and body.get("logprobs"):
+            choice["logprobs"] = _logprobs(body, tokens)
         if "TOOL" in text and chat:
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_fake1", "type": "function", "function": {
@@ -156,7 +173,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 if "DIE" in text and i == 3:
                     os._exit(17)  # a crash: no [DONE], the connection just drops
                 if chat:
-                    await resp.write(_chunk(name, {"content": tok}))
+                    await resp.write(_chunk(name, {"content": tok},
+                                            logprobs=_logprobs(body, [tok])))
                 else:
                     event = {"id": "cmpl-fake", "object": "text_completion", "model": name,
                              "choices": [{"index": 0, "text": tok, "finish_reason": None}]}

@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from tests.conftest import DxProcess, fake_model, smollm2_path, start_dx
+from tests.engine_requests import last_request
 from tests.fake_engine import vector
 
 
@@ -41,19 +42,6 @@ def client(dx: DxProcess) -> ollama.Client:
 
 def post(dx: DxProcess, path: str, body: object) -> httpx.Response:
     return httpx.post(dx.url + path, headers=dx.auth, json=body, timeout=30)
-
-
-def last_chat_request(dx: DxProcess) -> dict[str, object]:
-    """The last chat body any fake engine behind `dx` received."""
-    import psutil
-
-    for pid in dx.engine_pids():
-        for conn in psutil.Process(pid).net_connections("tcp"):
-            if conn.status == psutil.CONN_LISTEN:
-                body = httpx.get(f"http://127.0.0.1:{conn.laddr.port}/last").json()
-                if "messages" in body:
-                    return dict(body)
-    raise AssertionError("no engine saw a chat request")
 
 
 def norm(v: list[float]) -> float:
@@ -252,7 +240,7 @@ def test_openai_stream_usage_only_when_asked(dx: DxProcess) -> None:
     plain = _events(post(dx, "/v1/chat/completions", body))
     assert plain[-1] == "[DONE]"
     assert not any(isinstance(e, dict) and "usage" in e for e in plain)
-    engine = last_chat_request(dx)
+    engine = last_request(dx, "fake")
     assert engine["stream_options"] == {"include_usage": True}  # DX counts tokens anyway
     asked = _events(
         post(dx, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}})

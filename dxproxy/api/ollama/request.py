@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
 from dxproxy.catalog import ModelInfo, display_name, engine_kind, has_vision
@@ -58,6 +59,7 @@ def sampling(req: Generation, model: ModelConfig, info: ModelInfo | None) -> dic
     if fmt == "json":
         payload["response_format"] = {"type": "json_object"}
     elif isinstance(fmt, dict):
+        fmt = jsonable(fmt)
         # Grammar-constrained output on every engine: llama.cpp turns the schema into a
         # grammar, vLLM into guided decoding. llama-cpp-python knows only its own spelling.
         if kind == "llama-cpp-python":
@@ -70,8 +72,7 @@ def sampling(req: Generation, model: ModelConfig, info: ModelInfo | None) -> dic
     elif fmt not in (None, ""):
         raise ApiError(
             400,
-            f'invalid format: {orjson.dumps(fmt).decode()}; expected "json" or a valid '
-            "JSON Schema object",
+            f'invalid format: {_json(fmt)}; expected "json" or a valid JSON Schema object',
             param="format",
         )
     caps = info.capabilities if info else ()
@@ -197,9 +198,7 @@ def chat_messages(messages: list[Message], model: ModelConfig) -> list[dict[str,
                         "type": "function",
                         "function": {
                             "name": fn.name,
-                            "arguments": args
-                            if isinstance(args, str)
-                            else orjson.dumps(args).decode(),
+                            "arguments": args if isinstance(args, str) else _json(args),
                         },
                     }
                 )
@@ -232,7 +231,7 @@ def tools_payload(tools: list[Tool], model: ModelConfig) -> list[dict[str, Any]]
         fn: dict[str, Any] = {"name": t.function.name}
         if t.function.description is not None:
             fn["description"] = t.function.description
-        fn["parameters"] = t.function.parameters or {"type": "object", "properties": {}}
+        fn["parameters"] = jsonable(t.function.parameters or {"type": "object", "properties": {}})
         out.append({"type": "function", "function": fn})
     return out
 
@@ -257,4 +256,14 @@ def _data_url(image: str) -> str:
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return msgspec.json.encode(value).decode()
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as orjson (and so the engine request) can encode it: JSON integers past 64
+    bits, which msgspec decodes exactly, become floats as orjson would read them."""
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return orjson.loads(msgspec.json.encode(value))
+    return value
