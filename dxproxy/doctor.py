@@ -556,30 +556,41 @@ def check_port(report: Report, config: Config) -> None:
             s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                who = _listener(port)
-                report.add(
-                    "server",
-                    "port",
-                    "error",
-                    f"{host}:{port} is in use{who}; stop it or set server.port / --port",
-                )
+                who, is_dx = _listener(port)
+                if is_dx:
+                    # Checking the config of a running service: expected, not a problem.
+                    detail = f"{host}:{port} is served by dx already{who}"
+                    report.add("server", "port", "info", detail)
+                else:
+                    report.add(
+                        "server",
+                        "port",
+                        "error",
+                        f"{host}:{port} is in use{who}; stop it or set server.port / --port",
+                    )
             else:
                 report.add("server", "port", "error", f"cannot bind {host}:{port}: {exc.strerror}")
             return
     report.add("server", "port", "ok", f"{host}:{port} is free")
 
 
-def _listener(port: int) -> str:
+def _listener(port: int) -> tuple[str, bool]:
+    """Who listens on `port` (" by NAME (pid, user)", or "" when the system will not say:
+    other users' sockets need root), and whether it is a `dx serve`."""
     try:
         for conn in psutil.net_connections("tcp"):
             addr = conn.laddr
             bound = isinstance(addr, tuple) and len(addr) == 2 and addr[1] == port
             if conn.status == psutil.CONN_LISTEN and bound and conn.pid:
                 proc = psutil.Process(conn.pid)
-                return f" by {proc.name()} (pid {conn.pid}, user {proc.username()})"
+                argv = proc.cmdline()
+                is_dx = "serve" in argv and any(
+                    a == "dxproxy" or os.path.basename(a) == "dx" for a in argv
+                )
+                return f" by {proc.name()} (pid {conn.pid}, user {proc.username()})", is_dx
     except (psutil.Error, OSError):
         pass
-    return ""
+    return "", False
 
 
 def check_state_dir(report: Report, config: Config) -> None:

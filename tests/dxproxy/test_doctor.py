@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import DX, free_port, smollm2_path
+from tests.conftest import DX, fake_model, free_port, smollm2_path, start_dx
 from tests.ollama_store import build_store
 
 
@@ -165,6 +165,19 @@ def test_port_in_use_names_the_process(tmp_path: Path) -> None:
     assert result.returncode == 1
     detail = checks(result.stdout)[("server", "port")]["detail"]
     assert f"127.0.0.1:{port} is in use by " in detail and f"(pid {os.getpid()}, " in detail
+
+
+def test_a_running_dx_on_the_port_is_not_an_error(tmp_path: Path) -> None:
+    """doctor on the config of a service that is up: its own port is taken by dx itself."""
+    dx = start_dx(tmp_path, {"fake": fake_model()})
+    try:
+        result = doctor(tmp_path / "dx.yaml", "--json")
+    finally:
+        dx.stop()
+    port = checks(result.stdout)[("server", "port")]
+    assert port["status"] == "info", port
+    assert port["detail"].startswith(f"{dx.url.removeprefix('http://')} is served by dx already")
+    assert f"(pid {dx.proc.pid}, " in port["detail"]
 
 
 def test_models_that_do_not_fit_or_have_no_gpu(tmp_path: Path) -> None:
