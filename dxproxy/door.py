@@ -186,16 +186,31 @@ def body_middleware(server: ServerConfig) -> Middleware:
     async def body(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.body_exists:
             try:
-                await asyncio.wait_for(request.read(), body_timeout)
+                data = await asyncio.wait_for(request.read(), body_timeout)
             except TimeoutError:
                 raise ApiError(
                     408,
                     f"the request body did not arrive within {body_timeout:g} s "
                     "(server.body_timeout)",
                 ) from None
+            if not _utf8_json(data):
+                raise ApiError(400, "the request body is not valid UTF-8 (JSON must be UTF-8)")
         return await handler(request)
 
     return body
+
+
+def _utf8_json(body: bytes) -> bool:
+    """False for a JSON-looking body that is not UTF-8 (RFC 8259 requires it). Checked once
+    here so that no decoder behind can fail on it with an encoding error (a 500). Other
+    bodies (a blob upload) are left to their handler."""
+    if body.isascii() or body.lstrip()[:1] not in (b"{", b"["):
+        return True  # the common case costs one pass over the bytes, no copy
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def runner_options(server: ServerConfig) -> dict[str, Any]:

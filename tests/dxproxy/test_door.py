@@ -213,6 +213,23 @@ def test_oversized_body_is_413(dx: DxProcess) -> None:
     assert resp.status_code == 413 and resp.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_oversized_chunked_body_is_413(dx: DxProcess) -> None:
+    chunk = b"x" * 1000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
+    status, reply = raw(dx, get("/api/generate", b"Authorization: Bearer " + dx.key.encode(),
+                                b"Transfer-Encoding: chunked", method=b"POST") + body)
+    assert status == 413 and b"max_body_bytes" in reply
+
+
+def test_json_body_that_is_not_utf8_is_400(dx: DxProcess) -> None:
+    body = b'{"model": "fake", "prompt": "\xff\xfe"}'
+    for path, shape in (("/api/generate", b'{"error":"the request body is not valid UTF-8'),
+                        ("/v1/completions", b'{"error":{"message":"the request body is not')):
+        status, reply = raw(dx, get(path, b"Authorization: Bearer " + dx.key.encode(),
+                                    method=b"POST", body=body))
+        assert status == 400 and reply.startswith(shape), reply
+
+
 def test_slow_loris_is_cut_off_while_others_are_served(dx: DxProcess) -> None:
     host, port = dx.url.removeprefix("http://").split(":")
     slow = []

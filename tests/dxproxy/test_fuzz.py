@@ -97,3 +97,26 @@ def test_random_bytes_never_get_a_5xx(dx: DxProcess, route: tuple[str, str],
 def test_malformed_requests_get_a_4xx(dx: DxProcess, request_bytes: bytes) -> None:
     reply = send(dx, request_bytes)
     assert 400 <= status_of(reply) < 500, reply[:300]
+
+
+NASTY_BODIES = [
+    b'{"model": "fake", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+    b'{"model": "fake", "prompt": "\xc3\x28", "input": "\xed\xa0\x80"}',
+    b'{"model": "\xff", "prompt": "x", "messages": []}',
+    b'{"model": "fake", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    b'\xef\xbb\xbf{"model": "fake", "prompt": "bom"}',
+    b'{"model": "fake", "prompt": "x", "options": {"\xff": 1}}',
+]
+POST_ROUTES = [path for method, path in ROUTES if method == "POST" and "{" not in path]
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_invalid_utf8_inside_json_is_a_4xx(dx: DxProcess, path: str) -> None:
+    """Found by the 2,000-request attack run (docs/SECURITY.md): invalid UTF-8 inside JSON
+    strings of an authenticated request reached the body decoder and gave a 500."""
+    for body in NASTY_BODIES:
+        request = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                   b"Connection: close\r\nAuthorization: Bearer " + dx.key.encode()
+                   + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        status = status_of(send(dx, request))
+        assert status < 500, (path, body)
