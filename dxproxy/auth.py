@@ -14,6 +14,7 @@ import asyncio
 import base64
 import collections
 import ipaddress
+import logging
 import math
 import os
 import secrets
@@ -31,8 +32,17 @@ from dxproxy.api.usage import USAGE
 from dxproxy.config import Config
 from dxproxy.door import CLIENT, body_middleware, door_middleware
 from dxproxy.errors import error_response
-from dxproxy.keystore import API_KEY, KeyRecord, KeyRing, anonymous, builtin_record
+from dxproxy.keystore import (
+    API_KEY,
+    KeyRecord,
+    KeyRing,
+    KeyStoreError,
+    anonymous,
+    builtin_record,
+)
 from dxproxy.limits import DECISION, LIMITER, Decision, Limiter, make_limiter
+
+log = logging.getLogger("dx.auth")
 
 KEY_FILE_NAME = "api-key"
 # Paths anyone may call: the liveness probes of Ollama clients and load balancers.
@@ -187,7 +197,11 @@ class Gate:
 
     async def _run(self, app: web.Application) -> AsyncIterator[None]:
         if self.auth:
-            await asyncio.to_thread(self.ring.load)
+            try:
+                await asyncio.to_thread(self.ring.load)
+            except KeyStoreError as exc:
+                # The built-in keys still work; the store's keys do once it is readable.
+                log.error("%s; serving with the built-in keys until it is fixed", exc)
             task = asyncio.create_task(self.ring.run())
         try:
             yield

@@ -133,6 +133,11 @@ def read_store(state_dir: Path) -> list[KeyRecord]:
         raw = path.read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot read {path}: {exc.strerror}; run `dx keys` as the user dx serves as "
+            "(e.g. sudo -u dx dx keys ...)"
+        ) from None
     try:
         data = orjson.loads(raw)
         return [KeyRecord.from_json(k) for k in data["keys"]]
@@ -145,6 +150,7 @@ def _write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600)
+        _same_owner(fd, path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
             f.flush()
@@ -156,12 +162,21 @@ def _write_json(path: Path, data: Any) -> None:
         raise
 
 
+def _same_owner(fd: int, state_dir: Path) -> None:
+    """Files root writes (`sudo dx keys create`) belong to the state directory's owner, the
+    user dx serves as under systemd: a root-owned 0600 store would lock the server out."""
+    if os.geteuid() == 0:
+        st = os.stat(state_dir)
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     """Serialises writers (two `dx keys` at once) so that neither loses the other's change."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(state_dir / _LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
+        _same_owner(fd, state_dir)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -236,12 +251,14 @@ def read_usage(state_dir: Path) -> dict[str, float]:
 # --- the server's view ---
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes when the store does: a rename (a new inode), an edit (mtime, size), or a
+    chown/chmod (ctime) that makes an unreadable store readable."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
 class KeyRing:
@@ -255,7 +272,7 @@ class KeyRing:
         self.state_dir = state_dir
         self._builtin = builtin
         self._by_digest: dict[str, KeyRecord] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._used: dict[str, float] = {}
         self._dirty = False
         self._index(())
@@ -267,8 +284,9 @@ class KeyRing:
 
     def load(self) -> None:
         """Blocking first load (at start-up, before serving)."""
-        self._stamp = _stamp(self.state_dir / STORE_FILE)
+        stamp = _stamp(self.state_dir / STORE_FILE)
         self._index(read_store(self.state_dir))
+        self._stamp = stamp  # only once read: an unreadable store is retried when it changes
 
     @property
     def records(self) -> list[KeyRecord]:
@@ -330,10 +348,13 @@ class KeyRing:
         try:
             while True:
                 await asyncio.sleep(RELOAD_EVERY)
-                await self.refresh()
-                if loop.time() >= next_flush:
-                    next_flush = loop.time() + FLUSH_EVERY
-                    await self.flush()
+                try:
+                    await self.refresh()
+                    if loop.time() >= next_flush:
+                        next_flush = loop.time() + FLUSH_EVERY
+                        await self.flush()
+                except Exception:  # a bug here must not stop revocations from applying
+                    log.exception("watching the key store failed; trying again")
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())
