@@ -89,10 +89,10 @@ def capabilities(model: ModelConfig, template: str) -> tuple[str, ...]:
     kind = engine_kind(model)
     if not (serves_embeddings(model) and kind == "llama-server"):
         caps.append("completion")
-        # llama-server renders tools even when the template has no tool syntax (its generic
-        # tool-call format); llama-cpp-python would drop them, so only a template that knows
-        # tools counts there.
-        if "tools" in template or kind == "llama-server":
+        # Engines render tools through the chat template: one that never mentions them drops
+        # them without a word (llama-server, vLLM), and llama-cpp-python ignores them. An
+        # unknown template (an operator's own command, a hub id) is given the benefit.
+        if ("tools" in template or not template) and kind != "llama-cpp-python":
             caps.append("tools")
         if any(word in template for word in ("<think>", "enable_thinking", "reasoning")):
             caps.append("thinking")
@@ -128,7 +128,8 @@ def _describe(model: ModelConfig) -> ModelInfo:
     elif os.path.isdir(model.model):
         details["format"] = "safetensors"  # a Hugging Face folder
         meta = _hf_metadata(model.model)
-    template = str(meta.pop("tokenizer.chat_template", ""))
+    template = _template_override(model) or str(meta.pop("tokenizer.chat_template", ""))
+    meta.pop("tokenizer.chat_template", None)
     family = str(meta.get("general.architecture", ""))
     if family:
         count = meta.get("general.parameter_count")
@@ -165,6 +166,21 @@ def _describe(model: ModelConfig) -> ModelInfo:
         capabilities=capabilities(model, template),
         context=model.context,
     )
+
+
+def _template_override(model: ModelConfig) -> str:
+    """The chat template the engine is told to use instead of the model's own, if any
+    (llama-server's --chat-template-file in the model's args): what it really applies."""
+    args = list(model.args)
+    for flag in ("--chat-template-file", "--chat_template_file"):
+        if flag in args[:-1]:
+            path = args[args.index(flag) + 1]
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return f.read()
+            except OSError as exc:
+                log.warning("%s: cannot read %s %s: %s", model.name, flag, path, exc)
+    return ""
 
 
 def _size_label(count: Any) -> str:

@@ -33,13 +33,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     req = decode(await request.read(), ChatRequest)
     model = resolve_model(request, req.model)
-    payload = sampling(req, model, request.app[CATALOG].get(model.name))
+    info = request.app[CATALOG].get(model.name)
+    payload = sampling(req, model, info)
     messages = chat_messages(req.messages or [], model)
     if not messages:
         return _load_reply(req.keep_alive, model, chat=True)
     payload["messages"] = messages
     if req.tools:
-        payload["tools"] = tools_payload(req.tools, model)
+        payload["tools"] = tools_payload(req.tools, model, info)
     return await _reply(request, model, "/v1/chat/completions", payload, started, req.stream,
                         chat=True)  # fmt: skip
 

@@ -217,14 +217,20 @@ def chat_messages(messages: list[Message], model: ModelConfig) -> list[dict[str,
     return out
 
 
-def tools_payload(tools: list[Tool], model: ModelConfig) -> list[dict[str, Any]]:
-    if engine_kind(model) == "llama-cpp-python":
-        # It renders its own chat format and drops tools without a word: refuse instead.
+def tools_payload(
+    tools: list[Tool], model: ModelConfig, info: ModelInfo | None
+) -> list[dict[str, Any]]:
+    if info is not None and "tools" not in info.capabilities:
+        # The engine would drop them without a word: say so instead, as Ollama does.
+        if engine_kind(model) == "llama-cpp-python":
+            why = "the llama-cpp-python engine ignores tools; use engine llamacpp or vllm"
+        else:
+            why = (
+                "its chat template has no tool syntax; give the engine one that has, e.g. "
+                f"models.{model.name}.args: [--chat-template-file, /path/tools.jinja]"
+            )
         raise ApiError(
-            400,
-            f"{display_name(model.name)} does not support tools: the llama-cpp-python engine "
-            "ignores them; serve the model with engine llamacpp (llama-server) or vllm",
-            param="tools",
+            400, f"{display_name(model.name)} does not support tools: {why}", param="tools"
         )
     out = []
     for t in tools:
