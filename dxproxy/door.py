@@ -125,6 +125,17 @@ def door_middleware(server: ServerConfig) -> Middleware:
 
     @web.middleware
     async def door(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await _door(request, handler)
+        finally:
+            # The next request head on this connection gets its own header_timeout, once
+            # this request's body was read to the end (else aiohttp drains or closes it).
+            transport = request.transport
+            guard = transport.get_protocol() if transport is not None else None
+            if isinstance(guard, _Guard) and request.content.is_eof():
+                guard.expect_head()
+
+    async def _door(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[CLIENT] = client_address(
             request.remote or "", request.headers.get("X-Forwarded-For"), trusted
         )
@@ -254,9 +265,9 @@ class _Connections:
 
 class _Guard(asyncio.Protocol):
     """Wraps aiohttp's per-connection protocol: refuses connections over the limits and cuts
-    those whose first request head does not arrive within `header_timeout`. Later heads on a
-    kept-alive connection are bounded by aiohttp's keep-alive timer, which closes a connection
-    still waiting for a complete request when it fires."""
+    those whose request head does not arrive within `header_timeout`: the first head from the
+    connection's start, later ones from their first byte (the door tells the guard when a
+    request is over). The idle time between requests is aiohttp's keep-alive timer's."""
 
     def __init__(self, inner: asyncio.Protocol, conns: _Connections) -> None:
         self._inner = inner
@@ -267,6 +278,7 @@ class _Guard(asyncio.Protocol):
         self._tail = b""
         self._transport: asyncio.Transport | None = None
         self._done = False  # refused or cut: incoming bytes are dropped
+        self._between = False  # a request ended; the next byte starts a new head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -315,9 +327,18 @@ class _Guard(asyncio.Protocol):
 
         asyncio.get_running_loop().call_later(1.0, close)
 
+    def expect_head(self) -> None:
+        if self._timer is None and not self._done:
+            self._between = True
+            self._tail = b""
+
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
+        if self._between:
+            self._between = False
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._conns.header_timeout, self._too_slow)
         if self._timer is not None:
             seen = self._tail + data
             if b"\r\n\r\n" in seen or b"\n\n" in seen:

@@ -258,6 +258,23 @@ def test_slow_loris_is_cut_off_while_others_are_served(dx: DxProcess) -> None:
     assert httpx.get(dx.url + "/api/tags", headers=dx.auth).status_code == 200
 
 
+def test_later_heads_on_a_kept_alive_connection_have_their_own_timeout(dx: DxProcess) -> None:
+    host, port = dx.url.removeprefix("http://").split(":")
+    head = (b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+            + dx.key.encode() + b"\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)  # idle longer than header_timeout (1 s): only keep-alive applies
+        s.sendall(head)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(head[:30])  # the third head never ends
+        t0 = time.monotonic()
+        reply = s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert 0.8 < time.monotonic() - t0 < 3
+
+
 def test_slow_body_is_408(tmp_path: Path) -> None:
     proc = start_dx(tmp_path, {"fake": fake_model()}, extra={"server": {"body_timeout": 1}})
     try:
