@@ -20,6 +20,8 @@ from dxproxy.keys import CATALOG, CONFIG, ROUTER, SESSION, SUPERVISOR
 from dxproxy.router import Router
 from supervisors.supervisor import Supervisor
 
+ENGINE_KEEPALIVE = 4.0  # seconds an idle pooled engine connection is kept
+
 
 def make_app(
     config: Config, *, api_keys: tuple[str, ...], key_file: Path | None
@@ -46,9 +48,16 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     """
     config = app[CONFIG]
     # One session for every engine call: pooled keep-alive connections, no per-request setup.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=75)
+    # Idle connections are dropped before the engines drop them (llama-server's HTTP library
+    # and vLLM's uvicorn both close after 5 s): a request must never be written into a
+    # connection the engine has just closed.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=ENGINE_KEEPALIVE)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-    supervisor = Supervisor(session, grace=config.server.shutdown_timeout)
+    supervisor = Supervisor(
+        session,
+        grace=config.server.shutdown_timeout,
+        log_dir=config.server.state_dir / "logs",  # per-engine files, for `dx logs`
+    )
     app[SESSION] = session
     app[SUPERVISOR] = supervisor
     app[ROUTER] = Router(supervisor, config.limits)
@@ -56,5 +65,5 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await supervisor.apply(None)
+        await supervisor.close()
         await session.close()

@@ -24,7 +24,11 @@ class Hardware:
     gpu_note: str  # why there are none, when there are none
 
     def describe(self) -> str:
-        gpus = ", ".join(self.gpus) if self.gpus else f"no NVIDIA GPU ({self.gpu_note})"
+        gpus = (
+            ", ".join(self.gpus)
+            if self.gpus
+            else f"no NVIDIA GPU ({self.gpu_note}): models run on the CPU"
+        )
         return f"{self.cpus} CPU cores, {self.ram_bytes / 2**30:.1f} GiB RAM, {gpus}"
 
 
@@ -73,9 +77,13 @@ def header(config: Config, hw: Hardware, key: KeyFile | None) -> list[str]:
     return lines
 
 
-def model_lines(config: Config, replicas: dict[str, list[Replica]]) -> list[str]:
+def model_lines(
+    config: Config, replicas: dict[str, list[Replica]], notes: dict[str, str] | None = None
+) -> list[str]:
     lines = ["  models:"] if config.models else ["  models:   none configured"]
     for m in config.models:
+        if notes and m.name in notes:
+            lines.append(f"    {display_name(m.name)}: {notes[m.name]}")
         for r in replicas.get(m.name, []):
             why: list[str] = []
             if r.state is EngineState.READY:
@@ -86,9 +94,11 @@ def model_lines(config: Config, replicas: dict[str, list[Replica]]) -> list[str]
                 # The engine's own last words usually say why (a missing module, a bad file).
                 why = [f"      | {line}" for line in output]
             replica = f" #{r.index}" if m.replicas > 1 else ""
+            # The engine's settings as it was started with them (slots, attention, cache).
+            settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r.settings().items())
             lines.append(
-                f"    {display_name(m.name)}{replica}  {m.engine}  {m.device}  "
-                f"context {m.context}  {state}"
+                f"    {display_name(m.name)}{replica}  {r.spec.kind}  {r.device}  "
+                f"context {m.context}  {settings}  {state}"
             )
             lines += why
     return lines

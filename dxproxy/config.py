@@ -19,8 +19,19 @@ from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
-EngineKind = Literal["llamacpp", "vllm"]
+from supervisors.spec import EngineKind as SpecKind
+from supervisors.spec import EngineSpec
+
+# `llamacpp` is native llama-server (parallel slots); `llama-cpp-python` the Python flavour
+# (one request at a time per process); `llama-server` is accepted as another name for llamacpp.
+EngineKind = Literal["llamacpp", "llama-cpp-python", "vllm"]
 ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+_ENGINE_NAMES = {"llama-server": "llamacpp"}
+_SPEC_KINDS: dict[str, SpecKind] = {
+    "llamacpp": "llama-server",
+    "llama-cpp-python": "llama-cpp-python",
+    "vllm": "vllm",
+}
 
 DEFAULT_PORT = 11434
 DEFAULT_MAX_BODY = 32 * 1024 * 1024  # base64 images make big chat requests
@@ -28,7 +39,8 @@ DEFAULT_SHUTDOWN = 10.0
 DEFAULT_QUEUE_SIZE = 64
 DEFAULT_QUEUE_TIMEOUT = 120.0
 DEFAULT_CONTEXT = 4096
-DEFAULT_STARTUP_TIMEOUT = 300.0
+# vLLM compiles for minutes before it answers (about 2 on a 2-core CPU, more for big models).
+DEFAULT_STARTUP_TIMEOUT = 600.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0
@@ -122,17 +134,44 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     context: int = DEFAULT_CONTEXT
     gpus: tuple[int, ...] = ()
+    gpu_auto: int = 0  # `gpus: auto` (1) or `auto:N`: N GPUs with the most free memory
     replicas: int = 1
     parallel: int | None = None  # requests one replica takes at once; None = engine default
     python: str | None = None  # interpreter of the engine's virtualenv; None = DX's own
+    binary: str | None = None  # llama-server to run; None = the one scripts/setup built
     command: tuple[str, ...] | None = None  # full engine command line, with {port} etc.
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    sleep_mode: bool = False  # vLLM: may sleep (weights to CPU RAM) instead of stopping
+    embeddings: bool = False  # serve /api/embed and /v1/embeddings with this model
+    affinity: bool = True  # send a conversation's turns to the replica that has its cache
 
     @property
     def device(self) -> str:
+        if self.gpu_auto:
+            return f"gpu auto:{self.gpu_auto}"
         return "gpu " + ",".join(map(str, self.gpus)) if self.gpus else "cpu"
+
+    def spec(self) -> EngineSpec:
+        """What the engine layer runs for this model."""
+        return EngineSpec(
+            name=self.name,
+            kind=_SPEC_KINDS[self.engine],
+            model=self.model,
+            context=self.context,
+            gpus=self.gpus,
+            gpu_auto=self.gpu_auto,
+            replicas=self.replicas,
+            parallel=self.parallel,
+            program=self.binary or self.python,
+            command=self.command,
+            args=self.args,
+            env=self.env,
+            startup_timeout=self.startup_timeout,
+            sleep_mode=self.sleep_mode,
+            embeddings=self.embeddings,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +452,7 @@ def _model(
         r.error("", "a model name uses letters, digits and . _ / - with an optional ':tag'")
 
     engine = r.get("engine", str, "")
+    engine = _ENGINE_NAMES.get(engine, engine)
     if engine not in ENGINE_KINDS:
         r.error("engine", f"expected one of {', '.join(ENGINE_KINDS)}; got {engine!r}")
 
@@ -425,12 +465,7 @@ def _model(
     aliases = tuple(
         a[: -len(":latest")] if a.endswith(":latest") else a for a in r.strings("aliases")
     )
-    gpus: list[int] = []
-    for i, gpu in enumerate(r.get("gpus", list, [])):
-        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
-            r.error(f"gpus[{i}]", f"expected a GPU index (0, 1, ...), got {_describe(gpu)}")
-        else:
-            gpus.append(gpu)
+    gpus, gpu_auto = _gpus(r)
     parallel = r.positive("parallel", int, 0)
     command = r.strings("command") if "command" in r.data else None
     if command is not None and not command:
@@ -446,6 +481,13 @@ def _model(
     python = r.get("python", str, "") or None
     if python and not Path(python).expanduser().exists():
         r.error("python", f"no such interpreter: {python}")
+    binary = r.get("binary", str, "") or None
+    if binary and not Path(binary).expanduser().exists():
+        r.error("binary", f"no such program: {binary} (the llama-server to run)")
+    if binary and engine != "llamacpp":
+        r.error("binary", "only for engine: llamacpp (llama-server); Python engines take python:")
+    if python and engine == "llamacpp" and command is None:
+        r.error("python", "engine llamacpp runs llama-server, not Python: name it in binary:")
 
     m = ModelConfig(
         name=name,
@@ -453,17 +495,48 @@ def _model(
         model=model,
         aliases=aliases,
         context=r.positive("context", int, DEFAULT_CONTEXT),
-        gpus=tuple(gpus),
+        gpus=gpus,
+        gpu_auto=gpu_auto,
         replicas=r.positive("replicas", int, 1),
         parallel=parallel or None,
         python=str(Path(python).expanduser()) if python else None,
+        binary=str(Path(binary).expanduser()) if binary else None,
         command=command,
         args=r.strings("args"),
         env=tuple(env_pairs),
         startup_timeout=r.duration("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
+        sleep_mode=r.get("sleep_mode", bool, False),
+        embeddings=r.get("embeddings", bool, False),
+        affinity=r.get("affinity", bool, True),
     )
+    if m.sleep_mode and m.engine != "vllm":
+        r.error("sleep_mode", "only vLLM can sleep; other engines are stopped when idle")
     r.finish()
     return m
+
+
+def _gpus(r: _Reader) -> tuple[tuple[int, ...], int]:
+    """`gpus:` as (indexes, how many to pick automatically): [0, 1], auto, auto:2."""
+    r.seen.add("gpus")
+    raw = r.interpolate(r.data.get("gpus"), r.key("gpus"))
+    if raw is None:
+        return (), 0
+    if isinstance(raw, str):
+        word, _, count = raw.partition(":")
+        if word == "auto" and (not count or (count.isdigit() and int(count) > 0)):
+            return (), int(count or 1)
+        r.error("gpus", f"expected a list of GPU indexes, 'auto' or 'auto:N', got {raw!r}")
+        return (), 0
+    if not isinstance(raw, list):
+        r.error("gpus", f"expected a list of GPU indexes, 'auto' or 'auto:N', got {_describe(raw)}")
+        return (), 0
+    gpus: list[int] = []
+    for i, gpu in enumerate(raw):
+        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            r.error(f"gpus[{i}]", f"expected a GPU index (0, 1, ...), got {_describe(gpu)}")
+        else:
+            gpus.append(gpu)
+    return tuple(gpus), 0
 
 
 def _resolve_model(model: str, engine: str, base_dir: Path, r: _Reader) -> str:
@@ -489,7 +562,7 @@ def _resolve_model(model: str, engine: str, base_dir: Path, r: _Reader) -> str:
             path = base_dir / path
     if not path.exists():
         r.error("model", f"file not found: {path}")
-    elif engine == "llamacpp" and not path.is_file():
+    elif engine != "vllm" and not path.is_file():
         r.error("model", f"expected a GGUF file for llamacpp, got a folder: {path}")
     return str(path)
 

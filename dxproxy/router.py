@@ -1,22 +1,34 @@
 """Picks the replica that serves a request, or makes the request wait its turn.
 
-`acquire(model)` takes the ready replica with the fewest requests in flight that still has
-room; when none has, the request waits in a bounded per-model queue, with a timeout. The
-engines never see more than a replica's `capacity` requests at once, which matters for
-llama-cpp-python: it serves one request at a time and must not be handed a second.
+`acquire(model, affinity)` takes a ready replica with room (never more requests in flight than
+its `capacity`, which matters for llama-cpp-python: one at a time):
+
+- the replica that served the same conversation before, when `affinity` names one and that
+  replica is not clearly busier than the least busy one: its engine still holds the
+  conversation's earlier turns in its prompt cache, so the follow-up skips re-reading them;
+- otherwise the one with the fewest requests in flight.
+
+When no replica has room, the request waits in a per-model FIFO queue, bounded in length
+(full: 503 at once) and in time (`limits.queue_timeout`). A freed slot is handed to the first
+waiter directly, so nobody overtakes. A request whose client leaves while it waits leaves
+the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from dxproxy.config import LimitsConfig
 from supervisors.process import Replica
 from supervisors.states import EngineState, StateChange
 from supervisors.supervisor import Supervisor
+
+AFFINITY_ENTRIES = 10_000  # conversations remembered per DX process (least recent dropped)
 
 
 class Unavailable(Exception):
@@ -28,90 +40,134 @@ class Unavailable(Exception):
         self.status = status
 
 
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    affinity: str | None
+    future: asyncio.Future[Replica] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class Router:
     def __init__(self, supervisor: Supervisor, limits: LimitsConfig) -> None:
         self._supervisor = supervisor
         self.limits = limits
-        self._changed: dict[str, asyncio.Condition] = {}
-        self._waiting: dict[str, int] = {}
+        self._queues: dict[str, collections.deque[_Waiter]] = {}
+        # (model, conversation) -> the replica id that served it last.
+        self._affinity: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
         supervisor.subscribe(self._on_change)
 
-    def _condition(self, model: str) -> asyncio.Condition:
-        cond = self._changed.get(model)
-        if cond is None:
-            cond = self._changed[model] = asyncio.Condition()
-        return cond
+    def waiting(self, model: str) -> int:
+        queue = self._queues.get(model)
+        return len(queue) if queue else 0
 
     def _on_change(self, replica: Replica, change: StateChange) -> None:
-        self._notify(replica.model.name)
+        self._dispatch(replica.name)
 
-    def _notify(self, model: str) -> None:
-        cond = self._condition(model)
+    # -- choosing ----------------------------------------------------------------------
 
-        async def wake() -> None:
-            async with cond:
-                cond.notify_all()
-
-        asyncio.get_running_loop().create_task(wake())
-
-    def waiting(self, model: str) -> int:
-        return self._waiting.get(model, 0)
-
-    def _pick(self, model: str) -> Replica | None:
+    def _pick(self, model: str, affinity: str | None) -> Replica | None:
         best: Replica | None = None
+        preferred: Replica | None = None
+        wanted = self._affinity.get((model, affinity)) if affinity else None
         for r in self._supervisor.replicas(model):
-            if (
-                r.state is EngineState.READY
-                and r.in_flight < r.capacity
-                and (best is None or r.in_flight < best.in_flight)
-            ):
+            if r.state is not EngineState.READY or r.in_flight >= r.capacity:
+                continue
+            if best is None or r.in_flight < best.in_flight:
                 best = r
+            if r.id == wanted:
+                preferred = r
+        if preferred is not None and best is not None:
+            # "Clearly busier": more than a quarter of its slots (at least one request) above
+            # the least busy replica. Then a free replica beats a warm cache.
+            slack = max(1, preferred.capacity // 4)
+            if preferred.in_flight <= best.in_flight + slack:
+                return preferred
         return best
 
+    def _take(self, replica: Replica, model: str, affinity: str | None) -> Replica:
+        replica.in_flight += 1
+        if affinity:
+            key = (model, affinity)
+            self._affinity[key] = replica.id
+            self._affinity.move_to_end(key)
+            if len(self._affinity) > AFFINITY_ENTRIES:
+                self._affinity.popitem(last=False)
+        return replica
+
+    def _dispatch(self, model: str) -> None:
+        """Hand free replicas to the waiters in arrival order; fail them all at once if no
+        replica can become ready any more."""
+        queue = self._queues.get(model)
+        if not queue:
+            return
+        while queue:
+            waiter = queue[0]
+            if waiter.future.done():  # timed out or its client left
+                queue.popleft()
+                continue
+            replica = self._pick(model, waiter.affinity)
+            if replica is None:
+                break
+            queue.popleft()
+            waiter.future.set_result(self._take(replica, model, waiter.affinity))
+        replicas = self._supervisor.replicas(model)
+        if queue and not any(r.may_become_ready for r in replicas):
+            why = Unavailable(self._why_down(model, replicas))
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(why)
+
+    # -- acquiring ---------------------------------------------------------------------
+
     @asynccontextmanager
-    async def acquire(self, model: str) -> AsyncIterator[Replica]:
-        replica = await self._wait_for_replica(model)
+    async def acquire(self, model: str, affinity: str | None = None) -> AsyncIterator[Replica]:
+        replica = await self._wait_for_replica(model, affinity)
         try:
             yield replica
         finally:
             replica.in_flight -= 1
-            if self._waiting.get(model):  # wake a waiter only if there is one
-                self._notify(model)
+            self._dispatch(model)
 
-    async def _wait_for_replica(self, model: str) -> Replica:
-        replica = self._pick(model)  # the fast path: no lock, no waiting
-        if replica is not None:
-            replica.in_flight += 1
-            return replica
-        if self._waiting.get(model, 0) >= self.limits.queue_size:
+    async def _wait_for_replica(self, model: str, affinity: str | None) -> Replica:
+        queue = self._queues.setdefault(model, collections.deque())
+        if not queue:  # the fast path: no one waits before us
+            replica = self._pick(model, affinity)
+            if replica is not None:
+                return self._take(replica, model, affinity)
+        replicas = self._supervisor.replicas(model)
+        if not any(r.may_become_ready for r in replicas):
+            raise Unavailable(self._why_down(model, replicas))
+        if len(queue) >= self.limits.queue_size:
             raise Unavailable(
                 "server busy, please try again.  maximum pending requests exceeded "
                 f"({self.limits.queue_size} waiting for '{model}'; raise limits.queue_size)"
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.queue_timeout
-        cond = self._condition(model)
-        self._waiting[model] = self._waiting.get(model, 0) + 1
+        waiter = _Waiter(affinity)
+        queue.append(waiter)
         try:
-            async with cond:
-                while (replica := self._pick(model)) is None:
-                    replicas = self._supervisor.replicas(model)
-                    if not any(r.may_become_ready for r in replicas):
-                        raise Unavailable(self._why_down(model, replicas))
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise Unavailable(
-                            f"timed out after {self.limits.queue_timeout:.0f} s waiting for a "
-                            f"free replica of '{model}' (raise limits.queue_timeout, or add "
-                            "replicas)"
-                        )
-                    # Re-check at least every second: a state may move without a notification.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(cond.wait(), min(remaining, 1.0))
-                replica.in_flight += 1
-                return replica
-        finally:
-            self._waiting[model] -= 1
+            done, _ = await asyncio.wait({waiter.future}, timeout=self.limits.queue_timeout)
+        except asyncio.CancelledError:  # the client left while waiting
+            self._abandon(model, waiter)
+            raise
+        if not done:
+            self._abandon(model, waiter)
+            raise Unavailable(
+                f"timed out after {self.limits.queue_timeout:.0f} s waiting for a free "
+                f"replica of '{model}' (raise limits.queue_timeout, or add replicas)"
+            )
+        return waiter.future.result()  # or the Unavailable that _dispatch set
+
+    def _abandon(self, model: str, waiter: _Waiter) -> None:
+        future = waiter.future
+        if not future.done():
+            future.cancel()
+            with contextlib.suppress(ValueError):
+                self._queues[model].remove(waiter)
+        elif not future.cancelled() and future.exception() is None:
+            future.result().in_flight -= 1  # handed a replica at the last moment: give it back
+            self._dispatch(model)
 
     @staticmethod
     def _why_down(model: str, replicas: list[Replica]) -> str:

@@ -86,7 +86,8 @@ class Server:
                 )
                 return 1
             supervisor = app[SUPERVISOR]
-            await supervisor.apply(self.config)  # returns at once; engines start meanwhile
+            # Returns at once; the engines start meanwhile.
+            await supervisor.apply([m.spec() for m in self.config.models])
             # Start-up lasts until every engine settles: allow the slowest startup_timeout.
             slowest = max((m.startup_timeout for m in self.config.models), default=0.0)
             self.notifier.extend_timeout(slowest + 30)
@@ -98,7 +99,8 @@ class Server:
             await asyncio.wait({settled, stop}, return_when=asyncio.FIRST_COMPLETED)
             if settled.done():
                 replicas = {m.name: supervisor.replicas(m.name) for m in self.config.models}
-                for line in banner.model_lines(self.config, replicas):
+                notes = supervisor.placement_notes
+                for line in banner.model_lines(self.config, replicas, notes):
                     self.out(line)
                 failed = sum(1 for r in supervisor.all_replicas() if r.error)
                 verdict = f" ({failed} engine(s) FAILED, see above)" if failed else ""

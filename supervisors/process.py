@@ -2,8 +2,10 @@
 
 The `run()` task is the only writer of the state. It spawns the engine in its own process
 group (so stopping it stops its children too), asks the kernel to kill it if DX dies (even by
-SIGKILL), probes it until it answers, watches it, and restarts it with exponential backoff
-when it crashes, giving up after `MAX_FAILURES` failures within `FAILURE_WINDOW`.
+SIGKILL; the reaper takes care of its children), probes it until it answers, then keeps
+probing it while it serves: an engine that exits, or stops answering (hung, or SIGSTOPped), is
+killed and restarted with exponential backoff, giving up after `MAX_FAILURES` failures within
+`FAILURE_WINDOW`.
 """
 
 from __future__ import annotations
@@ -14,25 +16,37 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 
-from dxproxy.config import ModelConfig
-from supervisors.adapters import LOOPBACK, EngineAdapter
+from supervisors.adapters import LOOPBACK, EngineAdapter, EngineNotFound, Launch
+from supervisors.logs import LogFiles
+from supervisors.spec import EngineSpec
 from supervisors.states import EngineState, StateChange, check_transition
 
 log = logging.getLogger("dx.engine")
 
 MAX_FAILURES = 5  # in FAILURE_WINDOW seconds, then give up until the config changes
 FAILURE_WINDOW = 600.0
-BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 30.0
-TAIL_LINES = 40
+BACKOFF_FIRST = 1.0  # seconds before the first restart, doubling after each failure
+BACKOFF_MAX = 60.0
+# While ready: a probe every LIVENESS_INTERVAL s; LIVENESS_FAILURES in a row unanswered
+# within LIVENESS_TIMEOUT s each mean the engine hangs. A busy engine still answers: its
+# HTTP server runs beside the generation.
+LIVENESS_INTERVAL = 2.0
+LIVENESS_TIMEOUT = 3.0
+LIVENESS_FAILURES = 2
+TAIL_LINES = 50  # engine output lines kept with an error
+RING_LINES = 2000  # engine output lines kept in memory (the admin API shows them)
+PORT_RETRIES = 3  # another process took the port between DX choosing it and the engine
 PR_SET_PDEATHSIG = 1
+_PORT_TAKEN = ("address already in use", "couldn't bind", "failed to bind", "errno 98")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -56,24 +70,47 @@ class EngineStartError(RuntimeError):
     pass
 
 
+class PortTaken(EngineStartError):
+    pass
+
+
+class GroupWatcher(Protocol):
+    """Told about every engine process group (the reaper), so none outlives DX."""
+
+    def add(self, pgid: int) -> None: ...
+
+    def remove(self, pgid: int) -> None: ...
+
+
 class Replica:
     """One engine process serving one model. Read `state`; never set it from outside."""
 
     def __init__(
         self,
-        model: ModelConfig,
+        spec: EngineSpec,
         index: int,
         adapter: EngineAdapter,
         session: aiohttp.ClientSession,
         on_change: Callable[[Replica, StateChange], None],
         grace: float = 10.0,
+        *,
+        gpus: tuple[int, ...] = (),
+        logs: LogFiles | None = None,
+        groups: GroupWatcher | None = None,
+        unplaceable: str = "",
     ) -> None:
-        self.model = model
+        self.spec = spec
+        self.name = spec.name
         self.index = index
         self.adapter = adapter
-        self.id = f"{model.name}#{index}"
-        self.capacity = adapter.parallel(model)
+        self.gpus = gpus  # () = CPU
+        self.id = f"{spec.name}#{index}"
+        self.capacity = adapter.parallel(spec)
         self.in_flight = 0  # maintained by the router
+        self.restarts = 0  # starts after the first one
+        # The engine's own key, new at every start: only DX can call it, even on loopback.
+        self.api_key = ""
+        self.headers: dict[str, str] = {}  # what every request to the engine carries
         self.state = EngineState.STOPPED
         self.error = ""  # why the last start or run failed, with the engine's last lines
         self.port = 0
@@ -85,7 +122,11 @@ class Replica:
         self._on_change = on_change
         self._grace = grace
         self._proc: asyncio.subprocess.Process | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._logs = logs
+        self._groups = groups
+        self._unplaceable = unplaceable  # why it cannot run where it was asked to
+        self._ring: collections.deque[str] = collections.deque(maxlen=RING_LINES)
+        self._since_spawn = 0  # lines printed by the current process
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._settled = asyncio.Event()  # set while ready, failed or stopped
@@ -93,6 +134,18 @@ class Replica:
     @property
     def base_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def device(self) -> str:
+        return "gpu " + ",".join(map(str, self.gpus)) if self.gpus else "cpu"
+
+    def settings(self) -> dict[str, str]:
+        """The engine's settings worth showing (banner, /api/ps)."""
+        return self.adapter.settings(self.spec, Launch(self.port, "", self.gpus))
+
+    def output(self, lines: int = RING_LINES) -> list[str]:
+        """The engine's last `lines` output lines, across restarts."""
+        return list(self._ring)[-lines:] if lines > 0 else []
 
     @property
     def may_become_ready(self) -> bool:
@@ -149,16 +202,25 @@ class Replica:
         # Failures count within a sliding window, so an engine that crashes every few minutes
         # after serving is still given up on, and one that crashed once last week is not.
         recent: collections.deque[float] = collections.deque()
+        if self._unplaceable:
+            self._set_state(EngineState.STARTING, "placing")
+            self.error = f"engine {self.id} cannot start: {self._unplaceable}"
+            self.gave_up = True
+            self._set_state(EngineState.FAILED, self.error)
+            return
         while True:
             try:
-                await self._spawn_and_wait_ready()
+                await self._start_with_port_retries()
             except EngineStartError as exc:
                 self.error = str(exc)
-                await self._kill()
+                await self._kill(hard=True)
                 self._set_state(EngineState.FAILED, self.error)
             else:
-                code = await self._wait_exit()
-                self.error = self._explain(f"exited unexpectedly with code {code}")
+                why = await self._watch()
+                self.error = self._explain(why)
+                # A hung engine ignores SIGTERM (a SIGSTOPped one cannot even see it), and a
+                # crashed one may have left children: kill the whole group at once.
+                await self._kill(hard=True)
                 self._set_state(EngineState.FAILED, self.error)
             now = time.monotonic()
             recent.append(now)
@@ -184,13 +246,37 @@ class Replica:
                 MAX_FAILURES,
             )
             await asyncio.sleep(delay)
+            self.restarts += 1
+
+    async def _start_with_port_retries(self) -> None:
+        for attempt in range(PORT_RETRIES):
+            try:
+                await self._spawn_and_wait_ready()
+                return
+            except PortTaken:
+                # DX picked a free port, but something else bound it before the engine did.
+                log.info("%s: port %d was taken meanwhile; trying another", self.id, self.port)
+                await self._kill(hard=True)
+                if attempt == PORT_RETRIES - 1:
+                    raise
 
     async def _spawn_and_wait_ready(self) -> None:
         self._set_state(EngineState.STARTING, "spawning")
         self.port = free_port()
-        argv = self.adapter.argv(self.model, self.port)
-        self._tail.clear()
-        log.info("%s: starting: %s", self.id, " ".join(argv))
+        self.api_key = secrets.token_urlsafe(24)
+        self.headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+        }
+        launch = Launch(self.port, self.api_key, self.gpus)
+        try:
+            argv = self.adapter.argv(self.spec, launch)
+        except EngineNotFound as exc:
+            raise EngineStartError(f"engine {self.id} cannot start: {exc}") from None
+        self._since_spawn = 0
+        shown = " ".join(argv).replace(self.api_key, "***")  # the key stays out of the logs
+        log.info("%s: starting on %s: %s", self.id, self.device, shown)
+        self._remember(f"--- dx: starting {self.id} on {self.device}: {shown}")
         t0 = time.monotonic()
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -198,30 +284,34 @@ class Replica:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                env=self.adapter.env(self.model),
+                env=self.adapter.env(self.spec, launch),
                 start_new_session=True,  # own process group: SIGTERM reaches its children
                 preexec_fn=_die_with_parent(os.getpid()),
             )
         except OSError as exc:
             raise EngineStartError(f"cannot run {argv[0]}: {exc.strerror}") from None
         self.pid = self._proc.pid
+        if self._groups is not None:
+            self._groups.add(self.pid)  # its group id is its pid (a new session)
         self.started_at = time.time()
         reader = asyncio.create_task(self._read_output(self._proc))
         reader.add_done_callback(lambda _: None)
-        deadline = t0 + self.model.startup_timeout
+        deadline = t0 + self.spec.startup_timeout
         url = self.base_url + self.adapter.ready_path
         while True:
             if self._proc.returncode is not None:
                 await asyncio.wait_for(reader, 2.0)  # collect its last words
-                raise EngineStartError(
+                said = "\n".join(self.output(self._since_spawn)).lower()
+                error = PortTaken if any(p in said for p in _PORT_TAKEN) else EngineStartError
+                raise error(
                     self._explain(f"exited with code {self._proc.returncode} before it was ready")
                 )
-            if await self._probe(url):
+            if await self._probe(url, within=2.0):
                 break
             if time.monotonic() > deadline:
                 raise EngineStartError(
                     self._explain(
-                        f"not ready after {self.model.startup_timeout:.0f} s "
+                        f"not ready after {self.spec.startup_timeout:.0f} s "
                         "(raise models.<name>.startup_timeout if it is just slow)"
                     )
                 )
@@ -230,16 +320,40 @@ class Replica:
         self.error = ""
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
 
-    async def _probe(self, url: str) -> bool:
+    async def _watch(self) -> str:
+        """While ready: wait for the engine to exit or to stop answering; say which."""
+        assert self._proc is not None
+        exited = asyncio.ensure_future(self._proc.wait())
+        url = self.base_url + self.adapter.live_path
+        missed = 0
         try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=LIVENESS_INTERVAL)
+                if done:
+                    return f"exited unexpectedly with code {exited.result()}"
+                if await self._probe(url, within=LIVENESS_TIMEOUT):
+                    missed = 0
+                    continue
+                if self._proc.returncode is not None:
+                    continue  # it died meanwhile: reported as an exit on the next turn
+                missed += 1
+                if missed >= LIVENESS_FAILURES:
+                    return (
+                        f"stopped answering its health check ({self.adapter.live_path} "
+                        f"unanswered {missed} times in a row, {LIVENESS_TIMEOUT:.0f} s each): "
+                        "killed it"
+                    )
+        finally:
+            exited.cancel()
+
+    async def _probe(self, url: str, within: float) -> bool:
+        try:
+            async with self._session.get(
+                url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=within)
+            ) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
-
-    async def _wait_exit(self) -> int:
-        assert self._proc is not None
-        return await self._proc.wait()
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -251,19 +365,27 @@ class Replica:
             if not line:
                 return
             text = line.decode(errors="replace").rstrip()
-            self._tail.append(text)
+            self._since_spawn += 1
+            self._remember(text)
             log.debug("%s| %s", self.id, text)
 
-    def _explain(self, what: str) -> str:
-        lines = "\n  ".join(self._tail) or "(no output)"
-        return f"engine {self.id} {what}; its last output:\n  {lines}"
+    def _remember(self, line: str) -> None:
+        self._ring.append(line)
+        if self._logs is not None:
+            self._logs.write(self.id, line)
 
-    async def _kill(self) -> None:
-        """SIGTERM the process group, SIGKILL it after the grace period, always reap."""
+    def _explain(self, what: str) -> str:
+        lines = self.output(min(self._since_spawn, TAIL_LINES))
+        shown = "\n  ".join(lines) or "(no output)"
+        return f"engine {self.id} {what}; its last output:\n  {shown}"
+
+    async def _kill(self, hard: bool = False) -> None:
+        """SIGTERM the process group, SIGKILL it after the grace period (at once if `hard`),
+        always reap."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.returncode is None:
+        if proc.returncode is None and not hard:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -276,4 +398,6 @@ class Replica:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+        if self._groups is not None:
+            self._groups.remove(proc.pid)
         self.pid = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,7 +113,8 @@ async def call_engine(
     client went away) closes the engine connection, which cancels the generation.
     """
     try:
-        async with request.app[ROUTER].acquire(model.name) as replica:
+        affinity = conversation_key(payload) if model.affinity and model.replicas > 1 else None
+        async with request.app[ROUTER].acquire(model.name, affinity) as replica:
             sent_ns = time.monotonic_ns()
             resp = await _post(request.app[SESSION], replica, model, path, orjson.dumps(payload))
             try:
@@ -120,11 +122,35 @@ async def call_engine(
                     raise engine_error(model.name, resp.status, await resp.read())
                 yield EngineCall(replica, resp, sent_ns - started_ns, sent_ns)
             finally:
-                # Fully read: the connection goes back to the pool. Not fully read (the
-                # client left, or an error): it is closed, and the engine stops generating.
-                resp.release()
+                if payload.get("stream"):
+                    # llama-server closes its side after every streamed reply, without a
+                    # `Connection: close`: a pooled connection would fail the next request.
+                    resp.close()
+                else:
+                    # Fully read: the connection goes back to the pool. Not fully read (the
+                    # client left, or an error): it is closed, and the engine stops.
+                    resp.release()
     except Unavailable as exc:
         raise ApiError(exc.status, exc.message) from None
+
+
+def conversation_key(payload: dict[str, Any]) -> str | None:
+    """What identifies a conversation across its turns: its leading messages (the system
+    prompt and the first user message), which every later turn repeats. Hashed, never kept."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        lead = []
+        for m in messages:
+            lead.append(m)
+            if isinstance(m, dict) and m.get("role") == "user":
+                break
+        if not lead:
+            return None
+        return hashlib.blake2b(orjson.dumps(lead), digest_size=12).hexdigest()
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str) and len(prompt) > 256:  # a raw prompt: its head
+        return hashlib.blake2b(prompt[:256].encode(), digest_size=12).hexdigest()
+    return None
 
 
 async def _post(
@@ -135,7 +161,7 @@ async def _post(
             return await session.post(
                 replica.base_url + path,
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers=replica.headers,  # JSON, and the engine's own key
                 timeout=ENGINE_READ_TIMEOUT,
             )
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):

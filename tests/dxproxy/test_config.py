@@ -68,7 +68,7 @@ def test_wrong_engine_names_path_and_choices(gguf: Path) -> None:
     text = model_yaml(gguf).replace("engine: llamacpp", "engine: vlm").replace(
         str(gguf), "Qwen/Qwen3-0.6B")  # no second, misleading "file not found" error
     assert problems(text, env={}) == [
-        "models.qwen.engine: expected one of llamacpp, vllm; got 'vlm'"]
+        "models.qwen.engine: expected one of llamacpp, llama-cpp-python, vllm; got 'vlm'"]
 
 
 def test_every_problem_is_reported_with_its_path(gguf: Path) -> None:

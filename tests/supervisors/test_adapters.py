@@ -1,40 +1,100 @@
+"""Engine command lines: what DX asks of llama-server, llama-cpp-python and vLLM."""
+
 from __future__ import annotations
 
 import sys
 
-from dxproxy.config import ModelConfig
-from supervisors.adapters import ADAPTERS
+from supervisors.adapters import ADAPTERS, KV_TOKENS, Launch
+from supervisors.spec import EngineSpec
+
+CPU = Launch(port=4242, api_key="k3y", gpus=())
 
 
-def test_llamacpp_command_line() -> None:
-    m = ModelConfig(name="smol", engine="llamacpp", model="/m/smol.gguf", context=2048,
-                    args=("--n_threads", "2"))
-    argv = ADAPTERS["llamacpp"].argv(m, 4242)
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_llama_server_fast_defaults_on_cpu() -> None:
+    spec = EngineSpec(name="smol", kind="llama-server", model="/m/smol.gguf", context=2048,
+                      program="/opt/llama-server", args=("--threads", "2"))
+    adapter = ADAPTERS["llama-server"]
+    argv = adapter.argv(spec, CPU)
+    assert argv[0] == "/opt/llama-server"
+    assert flag(argv, "--host") == "127.0.0.1"  # engines never listen outside
+    assert flag(argv, "--port") == "4242"
+    # The engine's own key, in its environment: a local user cannot read it in /proc and
+    # bypass DX's auth on the loopback port.
+    assert "k3y" not in " ".join(argv) and adapter.env(spec, CPU)["LLAMA_API_KEY"] == "k3y"
+    slots = adapter.parallel(spec)
+    assert slots == KV_TOKENS // 2048 and flag(argv, "--parallel") == str(slots)
+    # One unified KV cache of slots x context; each request may use its context of it.
+    assert "--kv-unified" in argv and flag(argv, "--kv-unified-per-slot") == "2048"
+    assert flag(argv, "--ctx-size") == str(slots * 2048)
+    assert "--metrics" in argv and "--cache-prompt" in argv
+    assert flag(argv, "--n-gpu-layers") == "0"
+    assert argv[-2:] == ["--threads", "2"]  # the operator's args come last and win
+    assert adapter.env(spec, CPU)["CUDA_VISIBLE_DEVICES"] == ""
+    assert adapter.settings(spec, CPU)["slots"] == str(slots)
+
+
+def test_llama_server_on_a_gpu_offloads_everything_and_quantizes_the_cache() -> None:
+    spec = EngineSpec(name="q", kind="llama-server", model="/m/q.gguf", context=8192,
+                      program="/bin/ls", parallel=3, embeddings=True)
+    adapter = ADAPTERS["llama-server"]
+    gpu = Launch(1, "k", (1,))
+    argv = adapter.argv(spec, gpu)
+    assert flag(argv, "--n-gpu-layers") == "999"
+    assert flag(argv, "--flash-attn") == "on"
+    assert flag(argv, "--cache-type-k") == flag(argv, "--cache-type-v") == "q8_0"
+    assert flag(argv, "--parallel") == "3" and "--embeddings" in argv
+    assert adapter.env(spec, gpu)["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_slots_are_sized_from_the_context() -> None:
+    adapter = ADAPTERS["llama-server"]
+
+    def slots(context: int) -> int:
+        return adapter.parallel(EngineSpec(name="m", kind="llama-server", model="/m",
+                                           context=context))
+
+    assert slots(2048) > slots(8192) > slots(32768) == 1
+    assert slots(128) == 16  # capped
+
+
+def test_llama_cpp_python_one_request_at_a_time() -> None:
+    spec = EngineSpec(name="smol", kind="llama-cpp-python", model="/m/smol.gguf")
+    adapter = ADAPTERS["llama-cpp-python"]
+    argv = adapter.argv(spec, CPU)
     assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
-    assert argv[argv.index("--model") + 1] == "/m/smol.gguf"
-    assert argv[argv.index("--host") + 1] == "127.0.0.1"  # engines never listen outside
-    assert argv[argv.index("--port") + 1] == "4242"
-    assert argv[argv.index("--interrupt_requests") + 1] == "false"
-    assert argv[argv.index("--n_gpu_layers") + 1] == "0"  # no GPUs listed: CPU
-    assert argv[-2:] == ["--n_threads", "2"]
-    assert ADAPTERS["llamacpp"].env(m)["CUDA_VISIBLE_DEVICES"] == ""
+    assert flag(argv, "--interrupt_requests") == "false"
+    assert adapter.env(spec, CPU)["API_KEY"] == "k3y" and "k3y" not in argv
+    assert adapter.parallel(spec) == 1 and adapter.cancels_only_streams(spec)
 
 
-def test_gpu_pinning_and_engine_python() -> None:
-    m = ModelConfig(name="big", engine="vllm", model="org/model", gpus=(2, 3), python="/opt/v/py")
+def test_vllm_tensor_parallel_and_sleep_mode() -> None:
+    spec = EngineSpec(name="big", kind="vllm", model="org/model", program="/opt/v/py",
+                      sleep_mode=True)
     adapter = ADAPTERS["vllm"]
-    argv = adapter.argv(m, 1)
+    two = Launch(1, "k", (2, 3))
+    argv = adapter.argv(spec, two)
     assert argv[:3] == ["/opt/v/py", "-m", "vllm.entrypoints.openai.api_server"]
-    assert argv[argv.index("--served-model-name") + 1] == "big"
-    assert adapter.env(m)["CUDA_VISIBLE_DEVICES"] == "2,3"
-    assert adapter.parallel(m) > 1
+    assert flag(argv, "--served-model-name") == "big"
+    assert flag(argv, "--tensor-parallel-size") == "2"
+    assert "--enable-sleep-mode" in argv and "k" not in argv
+    env = adapter.env(spec, two)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["VLLM_SERVER_DEV_MODE"] == "1"
+    assert env["VLLM_NO_USAGE_STATS"] == "1"  # no telemetry
+    assert env["VLLM_API_KEY"] == "k"
+    assert adapter.parallel(spec) > 1
+    one = adapter.argv(EngineSpec(name="s", kind="vllm", model="org/s"), Launch(1, "k", (0,)))
+    assert "--tensor-parallel-size" not in one and "--enable-sleep-mode" not in one
 
 
 def test_custom_command_placeholders() -> None:
-    m = ModelConfig(name="n", engine="llamacpp", model="/m.gguf", context=512,
-                    command=("llama-server", "-m", "{model}", "--port", "{port}", "-c",
-                             "{context}", '--json={"a": 1}'), parallel=8)
-    argv = ADAPTERS["llamacpp"].argv(m, 99)
-    assert argv == ["llama-server", "-m", "/m.gguf", "--port", "99", "-c", "512",
-                    '--json={"a": 1}']
-    assert ADAPTERS["llamacpp"].parallel(m) == 8
+    spec = EngineSpec(name="n", kind="llama-server", model="/m.gguf", context=512,
+                      command=("my-server", "-m", "{model}", "--port", "{port}", "-c",
+                               "{context}", "--key", "{api_key}", '--json={"a": 1}'))
+    adapter = ADAPTERS["llama-server"]
+    assert adapter.argv(spec, CPU) == ["my-server", "-m", "/m.gguf", "--port", "4242", "-c",
+                                       "512", "--key", "k3y", '--json={"a": 1}']
+    assert adapter.parallel(spec) == 1  # an unknown engine: one at a time unless told

@@ -12,19 +12,19 @@ import aiohttp
 import psutil
 import pytest
 
-from dxproxy.config import ModelConfig
 from supervisors.adapters import ADAPTERS
 from supervisors.process import Replica
+from supervisors.spec import EngineSpec
 from supervisors.states import EngineState, InvalidTransition, StateChange, check_transition
 from tests.conftest import FAKE_ENGINE
 
 S = EngineState
 
 
-def fake(*args: str, startup_timeout: float = 20) -> ModelConfig:
-    return ModelConfig(name="fake", engine="llamacpp", model=FAKE_ENGINE,
-                       command=(sys.executable, FAKE_ENGINE, "--port", "{port}", *args),
-                       startup_timeout=startup_timeout)
+def fake(*args: str, startup_timeout: float = 20) -> EngineSpec:
+    return EngineSpec(name="fake", kind="llama-server", model=FAKE_ENGINE,
+                      command=(sys.executable, FAKE_ENGINE, "--port", "{port}", *args),
+                      startup_timeout=startup_timeout)
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ class Recorder:
 
 async def test_start_ready_stop(session: aiohttp.ClientSession) -> None:
     rec = Recorder()
-    replica = Replica(fake(), 0, ADAPTERS["llamacpp"], session, rec, grace=2)
+    replica = Replica(fake(), 0, ADAPTERS["llama-server"], session, rec, grace=2)
     replica.start()
     await replica.wait_settled()
     assert replica.state is S.READY and replica.capacity == 1
@@ -71,7 +71,7 @@ async def test_start_ready_stop(session: aiohttp.ClientSession) -> None:
 
 async def test_crash_is_restarted(session: aiohttp.ClientSession) -> None:
     rec = Recorder()
-    replica = Replica(fake(), 0, ADAPTERS["llamacpp"], session, rec, grace=2)
+    replica = Replica(fake(), 0, ADAPTERS["llama-server"], session, rec, grace=2)
     replica.start()
     await rec.wait_for(S.READY)
     first = replica.pid
@@ -86,7 +86,7 @@ async def test_crash_is_restarted(session: aiohttp.ClientSession) -> None:
 
 async def test_failed_start_carries_the_engine_output(session: aiohttp.ClientSession) -> None:
     rec = Recorder()
-    replica = Replica(fake("--exit-at-start", "3"), 0, ADAPTERS["llamacpp"], session, rec)
+    replica = Replica(fake("--exit-at-start", "3"), 0, ADAPTERS["llama-server"], session, rec)
     replica.start()
     await replica.wait_settled()
     assert replica.state is S.FAILED
@@ -99,7 +99,7 @@ async def test_failed_start_carries_the_engine_output(session: aiohttp.ClientSes
 async def test_start_timeout_kills_the_engine(session: aiohttp.ClientSession) -> None:
     rec = Recorder()
     model = fake("--startup-delay", "30", startup_timeout=1)
-    replica = Replica(model, 0, ADAPTERS["llamacpp"], session, rec, grace=1)
+    replica = Replica(model, 0, ADAPTERS["llama-server"], session, rec, grace=1)
     replica.start()
     await rec.wait_for(S.FAILED, within=10)
     assert "not ready after 1 s" in replica.error
@@ -108,7 +108,7 @@ async def test_start_timeout_kills_the_engine(session: aiohttp.ClientSession) ->
 
 async def test_stop_aborts_a_start(session: aiohttp.ClientSession) -> None:
     rec = Recorder()
-    replica = Replica(fake("--startup-delay", "30"), 0, ADAPTERS["llamacpp"], session, rec,
+    replica = Replica(fake("--startup-delay", "30"), 0, ADAPTERS["llama-server"], session, rec,
                       grace=1)
     replica.start()
     await rec.wait_for(S.STARTING)
@@ -131,7 +131,7 @@ async def test_gives_up_after_repeated_failures(session: aiohttp.ClientSession,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("supervisors.process.BACKOFF_FIRST", 0.01)
     rec = Recorder()
-    replica = Replica(fake("--exit-at-start", "3"), 0, ADAPTERS["llamacpp"], session, rec)
+    replica = Replica(fake("--exit-at-start", "3"), 0, ADAPTERS["llama-server"], session, rec)
     replica.start()
     async with asyncio.timeout(30):
         while not replica.gave_up:

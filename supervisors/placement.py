@@ -1,0 +1,87 @@
+"""Which GPUs each replica gets. GPUs are read with NVML (pynvml); no driver means CPU.
+
+Rules, per model:
+- `gpus: [0, 1]` with one replica: that replica sees both (vLLM runs tensor parallel over
+  them). With several replicas, the list is split evenly when it divides (4 GPUs, 2 replicas
+  -> [0, 1] and [2, 3]); otherwise every replica sees the whole list.
+- `gpus: auto` (or `auto:N`): each replica gets N GPUs, picked by most free memory, spreading
+  replicas over different GPUs while there are enough.
+- No NVIDIA driver (or no GPU): every replica runs on the CPU, and the banner says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from supervisors.spec import EngineSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    index: int
+    name: str
+    total: int  # bytes
+    free: int  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    gpus: tuple[Gpu, ...] = ()
+    note: str = ""  # why there are none, when there are none
+
+
+def read_gpus() -> Inventory:
+    """The machine's NVIDIA GPUs. Blocking (NVML can take a moment): call it off the loop."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError, missing libnvidia-ml: both mean "no usable GPU"
+        return Inventory(note=f"no NVIDIA driver (NVML: {exc})")
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(Gpu(i, str(pynvml.nvmlDeviceGetName(handle)), mem.total, mem.free))
+        return Inventory(tuple(gpus), "" if gpus else "the NVIDIA driver sees no GPU")
+    except Exception as exc:
+        return Inventory(note=f"NVML failed: {exc}")
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class PlacementError(ValueError):
+    pass
+
+
+def place(spec: EngineSpec, inventory: Inventory) -> list[tuple[int, ...]]:
+    """The GPUs of each replica of `spec` (`()` = CPU)."""
+    cpu: list[tuple[int, ...]] = [() for _ in range(spec.replicas)]
+    if not inventory.gpus or not (spec.gpus or spec.gpu_auto):
+        return cpu
+    if spec.gpu_auto:
+        return _auto(spec.replicas, spec.gpu_auto, inventory.gpus)
+    known = {g.index for g in inventory.gpus}
+    missing = [i for i in spec.gpus if i not in known]
+    if missing:
+        raise PlacementError(
+            f"GPU {', '.join(map(str, missing))} requested, but this machine has GPU "
+            f"{', '.join(map(str, sorted(known)))} (numbered as nvidia-smi does)"
+        )
+    n, k = len(spec.gpus), spec.replicas
+    if k > 1 and n >= k and n % k == 0:
+        size = n // k
+        return [spec.gpus[i * size : (i + 1) * size] for i in range(k)]
+    return [spec.gpus for _ in range(k)]
+
+
+def _auto(replicas: int, per_replica: int, gpus: Sequence[Gpu]) -> list[tuple[int, ...]]:
+    by_free = sorted(gpus, key=lambda g: (-g.free, g.index))
+    out = []
+    for r in range(replicas):
+        # Round-robin over the GPUs by free memory: replicas land on different GPUs first.
+        picked = {by_free[(r * per_replica + j) % len(by_free)].index for j in range(per_replica)}
+        out.append(tuple(sorted(picked)))
+    return out

@@ -1,0 +1,44 @@
+"""What the engine layer is asked to run: `EngineSpec`, its own small description of one model's
+engines. The front (`dxproxy`) translates its config into these; nothing here knows about
+HTTP, API keys or YAML, so the engine layer can be reused as it is (a node agent, a gateway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+# llama-server: native llama.cpp server (parallel slots, continuous batching), the default.
+# llama-cpp-python: llama.cpp through Python, one request at a time per process.
+# vllm: vLLM's OpenAI server (continuous batching, tensor parallel over several GPUs).
+EngineKind = Literal["llama-server", "llama-cpp-python", "vllm"]
+ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """One model's engines: `replicas` processes of `kind` serving `model` as `name`."""
+
+    name: str  # the name the engine serves the model under (requests use it)
+    kind: EngineKind
+    model: str  # a GGUF file (llama.cpp), a Hugging Face folder or id (vLLM)
+    context: int = 4096  # tokens one request may use
+    # GPU indexes as nvidia-smi numbers them; () = CPU. `gpu_auto` > 0 instead asks the
+    # placement for that many GPUs with the most free memory, when the replicas start.
+    gpus: tuple[int, ...] = ()
+    gpu_auto: int = 0
+    replicas: int = 1
+    parallel: int | None = None  # requests one replica takes at once; None = engine default
+    program: str | None = None  # llama-server binary, or the Python of the engine's venv
+    command: tuple[str, ...] | None = None  # a whole command line, with {port} etc.
+    args: tuple[str, ...] = ()  # appended to the engine's command line (override defaults)
+    env: tuple[tuple[str, str], ...] = ()
+    startup_timeout: float = 600.0
+    sleep_mode: bool = False  # vLLM: allow sleeping (weights to CPU) instead of stopping
+    embeddings: bool = False  # serve /v1/embeddings (llama.cpp needs a flag for it)
+
+    @property
+    def device(self) -> str:
+        if self.gpu_auto:
+            return f"gpu auto:{self.gpu_auto}"
+        return "gpu " + ",".join(map(str, self.gpus)) if self.gpus else "cpu"
