@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dxproxy import health
-from dxproxy.api import ollama, openai
+from dxproxy.api import admin, anthropic, ollama, openai, responses
 from dxproxy.auth import Gate
 from dxproxy.catalog import build_catalog
 from dxproxy.config import Config
@@ -36,6 +36,9 @@ def make_app(
     app.add_routes(health.routes)  # /health, /ready
     app.add_routes(ollama.routes)
     app.add_routes(openai.routes)
+    app.add_routes(responses.routes)  # OpenAI Responses (Codex), translated
+    app.add_routes(anthropic.routes)  # Anthropic Messages (Claude Code), translated
+    app.add_routes(admin.routes)  # /admin/*: admin keys only
     app.cleanup_ctx.append(_engines)
     return app
 

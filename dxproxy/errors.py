@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 log = logging.getLogger("dx.http")
 
-Dialect = Literal["ollama", "openai"]
+Dialect = Literal["ollama", "openai", "anthropic"]
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -26,6 +26,13 @@ _OPENAI_TYPES = {
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+}
+
+
+_ANTHROPIC_TYPES = {
+    **_OPENAI_TYPES,
+    413: "request_too_large",
+    503: "overloaded_error",
 }
 
 
@@ -41,12 +48,18 @@ class ApiError(Exception):
 
 
 def dialect_of(request: web.Request) -> Dialect:
-    return "openai" if request.path.startswith("/v1/") else "ollama"
+    if request.path.startswith("/v1/"):
+        # Anthropic's Messages API (Claude Code) sits among OpenAI's paths, as in Ollama.
+        return "anthropic" if request.path.startswith("/v1/messages") else "openai"
+    return "ollama"
 
 
 def error_body(
     dialect: Dialect, status: int, message: str, param: str | None = None, code: str | None = None
 ) -> bytes:
+    if dialect == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
     if dialect == "openai":
         kind = _OPENAI_TYPES.get(status, "api_error")
         return orjson.dumps(

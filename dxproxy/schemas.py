@@ -261,3 +261,48 @@ def _invalid(message: str) -> ApiError:
         what = what[:1].lower() + what[1:].replace("`int`", "an integer")
     param = path.split(".")[0].split("[")[0] or None
     return ApiError(400, f"{path}: {what}" if path else what, param=param)
+
+
+# -- Anthropic Messages (/v1/messages) and OpenAI Responses (/v1/responses) ------------------
+
+
+class AnthropicMessage(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class AnthropicTool(msgspec.Struct):
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
+class AnthropicRequest(msgspec.Struct):
+    model: str = ""
+    max_tokens: Int | None = None
+    messages: list[AnthropicMessage] = []
+    system: str | list[dict[str, Any]] | None = None
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: Int | None = None
+    stop_sequences: list[str] | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+
+class ResponsesRequest(msgspec.Struct):
+    model: str = ""
+    input: str | list[dict[str, Any]] = ""
+    instructions: str | None = None
+    max_output_tokens: Int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
