@@ -67,9 +67,12 @@ def build_catalog(config: Config) -> Catalog:
 
 
 def has_vision(model: ModelConfig) -> bool:
-    """A vision projector is configured (llama.cpp), or the engine is one that reads images
-    by itself (vLLM loads a multimodal model whole; an operator's own command may add one)."""
-    projector = getattr(model, "mmproj", None) or getattr(model, "projector", None)
+    """A vision projector is configured (llama.cpp: --mmproj in the model's args, as
+    `dx import-ollama` writes it), or the engine reads images by itself (vLLM loads a
+    multimodal model whole; an operator's own command may add a projector)."""
+    projector = getattr(model, "mmproj", None) or any(
+        arg in ("--mmproj", "-mm", "--mmproj-url", "-mmu") for arg in model.args
+    )
     return bool(projector) or model.engine == "vllm" or model.command is not None
 
 
