@@ -232,7 +232,7 @@ def entry(m: OllamaModel) -> list[str]:
             args += [LLAMA_SERVER_FLAGS[key], _flag_value(value)]
             mapped.append(key)
         elif key == "use_mmap" and value is False:
-            args.append("--no-mmap")
+            args += ["--load-mode", "none"]  # as Ollama itself runs llama-server for it
             mapped.append(key)
         elif key == "num_ctx":
             continue

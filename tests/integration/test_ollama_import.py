@@ -12,6 +12,7 @@ import psutil
 import pytest
 import yaml
 
+from dxproxy.ollama_import import LLAMA_SERVER_FLAGS
 from tests.conftest import DX, start_dx
 from tests.ollama_store import build_store, smollm2_digest, snapshot
 
@@ -20,7 +21,28 @@ pytestmark = pytest.mark.integration
 
 def test_an_imported_ollama_model_answers_through_dx(tmp_path: Path) -> None:
     store = tmp_path / "ollama" / "models"
-    build_store(store, params={"num_ctx": 2048, "temperature": 0.0, "top_k": 1, "stop": ["x"]})
+    # Every param the importer maps, so the real engine proves it accepts each flag written.
+    params = {
+        "num_ctx": 2048,
+        "temperature": 0.0,
+        "top_k": 1,
+        "top_p": 0.9,
+        "min_p": 0.05,
+        "typical_p": 1.0,
+        "repeat_penalty": 1.0,
+        "repeat_last_n": 64,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "seed": 42,
+        "num_predict": 64,
+        "num_keep": 4,
+        "num_batch": 256,
+        "num_thread": 2,
+        "use_mmap": False,
+        "stop": ["x"],
+    }
+    assert set(params) - {"num_ctx", "stop", "use_mmap"} == set(LLAMA_SERVER_FLAGS)
+    build_store(store, params=params)
     before = snapshot(store)
     out = tmp_path / "imported.yaml"
     imported = subprocess.run(
@@ -41,6 +63,7 @@ def test_an_imported_ollama_model_answers_through_dx(tmp_path: Path) -> None:
         (cmdline,) = [c for c in cmdlines if str(blob) in c]
         assert cmdline[cmdline.index("--temp") + 1] == "0.0"
         assert cmdline[cmdline.index("--top-k") + 1] == "1"
+        assert cmdline[cmdline.index("--load-mode") + 1] == "none"
         tags = httpx.get(dx.url + "/api/tags", headers=dx.auth, timeout=10).json()
         assert [m["name"] for m in tags["models"]] == ["smollm2:135m"]
         client = ollama.Client(host=dx.url, headers=dx.auth, timeout=120)
