@@ -87,20 +87,18 @@ def engine_kind(model: ModelConfig) -> str:
 
 def capabilities(model: ModelConfig, template: str) -> tuple[str, ...]:
     """What Ollama's /api/show calls capabilities, from the config and the chat template."""
-    caps: list[str] = []
-    # llama-server with --embeddings serves embeddings only; the other engines serve both.
-    kind = engine_kind(model)
-    if not (serves_embeddings(model) and kind == "llama-server"):
-        caps.append("completion")
-        # Engines render tools through the chat template: one that never mentions them drops
-        # them without a word (llama-server, vLLM), and llama-cpp-python ignores them. An
-        # unknown template (an operator's own command, a hub id) is given the benefit.
-        if ("tools" in template or not template) and kind != "llama-cpp-python":
-            caps.append("tools")
-        if any(word in template for word in ("<think>", "enable_thinking", "reasoning")):
-            caps.append("thinking")
-        if has_vision(model):
-            caps.append("vision")
+    # llama-server with --embeddings still generates (measured with this build), as the
+    # other engines do: completion always.
+    caps: list[str] = ["completion"]
+    # Engines render tools through the chat template: one that never mentions them drops
+    # them without a word (llama-server, vLLM), and llama-cpp-python ignores them. An unknown
+    # template (an operator's own command, a hub id) is given the benefit of the doubt.
+    if ("tools" in template or not template) and engine_kind(model) != "llama-cpp-python":
+        caps.append("tools")
+    if any(word in template for word in ("<think>", "enable_thinking", "reasoning")):
+        caps.append("thinking")
+    if has_vision(model):
+        caps.append("vision")
     if serves_embeddings(model):
         caps.append("embedding")
     return tuple(caps)

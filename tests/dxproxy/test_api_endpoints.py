@@ -79,8 +79,8 @@ def test_show_errors(dx: DxProcess) -> None:
     assert nf.value.status_code == 404 and "fake:latest" in nf.value.error
     missing = post(dx, "/api/show", {})
     assert missing.status_code == 400 and missing.json() == {"error": "model is required"}
-    # llama-server with --embeddings serves embeddings only.
-    assert client(dx).show("emb").capabilities == ["embedding"]
+    # An unknown template (the fake engine's) gets tools; a command may add a projector.
+    assert client(dx).show("emb").capabilities == ["completion", "tools", "vision", "embedding"]
 
 
 def test_vscode_probe_order(dx: DxProcess) -> None:

@@ -116,7 +116,7 @@ def test_list_show_ps(dx: DxProcess) -> None:
     assert shown.capabilities == ["completion"]  # its template has no tool syntax
     assert c.show("smollm2-tools").capabilities == ["completion", "tools"]
     assert "<tool_call>" in (c.show("smollm2-tools").template or "")
-    assert c.show("smollm2-embed").capabilities == ["embedding"]
+    assert c.show("smollm2-embed").capabilities == ["completion", "embedding"]
     running = {m.model: m for m in c.ps().models}
     assert set(running) == {"smollm2:latest", "smollm2-embed:latest", "smollm2-tools:latest"}
     assert running["smollm2:latest"].context_length == 2048
@@ -147,6 +147,8 @@ def test_embed(dx: DxProcess) -> None:
     assert len(short.embeddings[0]) == 64
     legacy = c.embeddings(model="smollm2-embed", prompt="The sky is blue.")
     assert len(legacy.embedding) == 576
+    # llama-server with --embeddings still generates: the model is listed with both.
+    assert c.chat(model="smollm2-embed", messages=QUESTION, options=GREEDY).message.content
     with pytest.raises(ollama.ResponseError) as err:
         c.embed(model="smollm2", input="x")
     assert err.value.status_code == 400 and "embeddings: true" in err.value.error
