@@ -19,6 +19,7 @@ from aiohttp import web
 from dxproxy.config import Config, ModelConfig
 from dxproxy.errors import json_response
 from dxproxy.keys import CONFIG, SUPERVISOR
+from dxproxy.scrub import scrub_paths
 from supervisors.process import Replica
 from supervisors.states import EngineState
 from supervisors.supervisor import Supervisor
@@ -80,7 +81,8 @@ def model_state(replicas: list[Replica], wanted: int) -> dict[str, Any]:
     failed = [r for r in replicas if r.state is EngineState.FAILED or r.gave_up]
     if failed:
         r = failed[0]
-        headline = r.failure(0)[0].removesuffix("; its last output:").removesuffix(":")
+        # No key is needed here: paths (user names, install layout) are cut to file names.
+        headline = scrub_paths(r.failure(0)[0].removesuffix("; its last output:"))
         if r.gave_up:
             after = "DX gave up restarting it; fix the model or its config"
         else:

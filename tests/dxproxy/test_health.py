@@ -88,9 +88,11 @@ def test_ready_says_starting_then_ready_without_a_key(slow_dx: str) -> None:
 
 
 def test_a_failed_engine_makes_dx_unavailable_with_the_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "secret-user" / "engines" / "no-such-engine"
     models = {
         "good": fake_model(),
         "broken": fake_model(engine_args=["--exit-at-start", "3"]),
+        "missing": {**fake_model(), "command": [str(missing), "--port", "{port}"]},
     }
     dx = start_dx(tmp_path, models)
     try:
@@ -101,8 +103,10 @@ def test_a_failed_engine_makes_dx_unavailable_with_the_reason(tmp_path: Path) ->
         assert broken["state"] == "failed" and broken["replicas_ready"] == 0
         assert "broken#0 exited with code 3 before it was ready" in broken["reason"]
         assert broken["reason"].endswith("(restarting)")
-        # The engine's own output is not shown to callers without a key.
+        # The engine's own output is not shown to callers without a key, nor server paths.
         assert "cannot load model" not in str(body)
+        reason = body["models"]["missing"]["reason"]
+        assert "cannot run …/no-such-engine" in reason and "secret-user" not in reason
         # Five failures in a row (backoff 1+2+4+8 s): DX gives up, and /ready says so.
         deadline = time.monotonic() + 45
         while "gave up" not in get_ready(dx.url)[1]["models"]["broken"]["reason"]:
