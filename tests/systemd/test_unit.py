@@ -4,6 +4,7 @@ fails, it never skips."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,22 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), (
         result.stdout + result.stderr
     )
+
+
+def test_hardening_keeps_its_exposure_score(tmp_path: Path) -> None:
+    """systemd's own rating of the sandbox (0 = locked down, 10 = none): 3.2 "OK" when this
+    was written. A change that loosens it past 4.0 fails here."""
+    unit = tmp_path / "dx.service"
+    unit.write_text(UNIT.read_text().replace("/opt/dx/venv/bin/dx", str(Path(sys.executable))))
+    result = subprocess.run(
+        [analyze(), "security", "--offline=true", "--threshold=40", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    score = re.search(r"Overall exposure level for dx.service: ([\d.]+)", result.stdout)
+    assert score is not None and float(score.group(1)) <= 4.0, result.stdout[-300:]
 
 
 def test_verify_would_catch_a_typo(tmp_path: Path) -> None:
