@@ -354,3 +354,50 @@ def test_a_program_that_does_not_run_is_said_so(tmp_path: Path) -> None:
         "detail": "version: 7000 (abc123) (runs smollm2)",
         "data": {},
     }
+
+
+FAKE_NVML = '''
+"""Stands in for pynvml (NVIDIA's NVML binding) with two H100s: same names, same calls."""
+from types import SimpleNamespace
+
+GIB = 2**30
+H100 = "NVIDIA H100 80GB HBM3"
+GPUS = [(H100, 80 * GIB, 12 * GIB), (H100, 80 * GIB, 79 * GIB)]
+
+def nvmlInit(): pass
+def nvmlShutdown(): pass
+def nvmlSystemGetDriverVersion(): return "550.54.15"
+def nvmlSystemGetCudaDriverVersion_v2(): return 12040
+def nvmlDeviceGetCount(): return len(GPUS)
+def nvmlDeviceGetHandleByIndex(i): return i
+def nvmlDeviceGetName(h): return GPUS[h][0]
+def nvmlDeviceGetMemoryInfo(h):
+    name, total, free = GPUS[h]
+    return SimpleNamespace(total=total, free=free, used=total - free)
+'''
+
+
+def test_gpus_driver_and_cuda_from_nvml(tmp_path: Path) -> None:
+    """The NVML path end to end in a real `dx doctor`, with pynvml replaced by a module that
+    answers as two H100s would (this machine has no GPU)."""
+    fake = tmp_path / "fakenvml"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(FAKE_NVML)
+    config = base(tmp_path)
+    config["models"]["smollm2"]["gpus"] = "auto"
+    config["models"]["pinned"] = {
+        "engine": "llamacpp",
+        "model": str(smollm2_path()),
+        "gpus": [0],
+        "context": 2048,
+    }
+    result = doctor(write(tmp_path, config), "--json", env={"PYTHONPATH": str(fake)})
+    assert result.returncode == 0, result.stdout
+    c = checks(result.stdout)
+    assert c[("hardware", "driver")]["detail"] == "NVIDIA driver 550.54.15, CUDA 12.4, 2 GPU(s)"
+    assert c[("hardware", "gpu 0")]["detail"] == "NVIDIA H100 80GB HBM3, 80.0 GiB, 12.0 GiB free"
+    auto = c[("models", "smollm2 (llama-server, GPU auto:1)")]
+    assert auto["status"] == "ok" and auto["data"]["placement"] == [[1]]
+    assert "on GPU 1: fits (79.0 GiB of 80.0 GiB memory free)" in auto["detail"]
+    pinned = c[("models", "pinned (llama-server, GPU 0)")]
+    assert pinned["data"]["placement"] == [[0]] and "q8_0" in pinned["detail"]
