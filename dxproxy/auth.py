@@ -271,7 +271,7 @@ class Gate:
             return await handler(request)
         if record.models is not None and request.body_exists:
             model = _json_model(await request.read())
-            if model is not None and not self._may_use(record, model):
+            if model is not None and not may_use(self.config, record, model):
                 allowed = ", ".join(record.models) or "none"
                 return error_response(
                     request,
@@ -304,16 +304,19 @@ class Gate:
                 self.limiter.charge(record.name, usage.prompt + usage.completion)
             await self.limiter.release(record.name, decision)
 
-    def _may_use(self, record: KeyRecord, model: str) -> bool:
-        assert record.models is not None
-        config = self.config
-        wanted = config.model(model)
-        canonical = wanted.name if wanted else model
-        for allowed in record.models:
-            m = config.model(allowed)
-            if (m.name if m else allowed) == canonical:
-                return True
-        return False
+
+def may_use(config: Config, record: KeyRecord | None, model: str) -> bool:
+    """Whether a key's scope covers `model` (any spelling: alias, `:latest`, case). For
+    handlers that list models (/api/tags, /v1/models) to show a key only its own."""
+    if record is None or record.models is None:
+        return True
+    wanted = config.model(model)
+    canonical = wanted.name if wanted else model
+    for allowed in record.models:
+        m = config.model(allowed)
+        if (m.name if m else allowed) == canonical:
+            return True
+    return False
 
 
 async def _ratelimit_headers(request: web.Request, response: web.StreamResponse) -> None:

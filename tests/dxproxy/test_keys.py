@@ -209,3 +209,21 @@ async def test_an_unreadable_store_keeps_the_builtin_keys_and_is_retried(tmp_pat
     key, _ = create_key(tmp_path, "bob")
     assert await ring.refresh()
     assert ring.lookup(key.encode()) is not None
+
+
+def test_may_use_resolves_every_spelling() -> None:
+    import yaml
+
+    from dxproxy.auth import may_use
+    from dxproxy.config import load_config
+    from dxproxy.keystore import KeyRecord
+
+    models = {"fake": fake_model(aliases=["fk"]), "other": fake_model()}
+    config = load_config(yaml.safe_dump({"models": models}))
+    scoped = KeyRecord(name="a", digest="", models=("fk",))  # scoped by an alias
+    assert may_use(config, None, "anything")  # auth off, or an open path
+    assert may_use(config, KeyRecord(name="b", digest=""), "other")  # not scoped
+    for spelling in ("fake", "FAKE", "fake:latest", "fk", "Fk:latest"):
+        assert may_use(config, scoped, spelling), spelling
+    for spelling in ("other", "Other:latest", "nothing"):
+        assert not may_use(config, scoped, spelling), spelling
