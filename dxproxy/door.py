@@ -18,6 +18,9 @@ import asyncio
 import fnmatch
 import ipaddress
 import logging
+import math
+import resource
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -261,6 +264,27 @@ class _Connections:
         self.busy = _canned(_BUSY, "too many connections; try again shortly")
         self.slow = _canned(_SLOW, f"request headers not received within {self.header_timeout:g} s")
         self.lingering = 0  # refused connections waiting for their answer to leave
+        self._said = -math.inf  # when the last refusal was logged (at most once a minute)
+
+    def refuse_reason(self, peer: str) -> str | None:
+        """Why a new connection from `peer` is refused, or None to accept it."""
+        if self.total >= self.limit:
+            why = f"{self.total} connections are open (server.max_connections)"
+        elif self.per_client[peer] >= self.per_client_limit and not _trusted(
+            _ip(peer), self.exempt
+        ):
+            why = (
+                f"{self.per_client[peer]} connections from {peer} are open "
+                "(server.max_connections_per_client; if it is a proxy, list it in "
+                "server.trusted_proxies)"
+            )
+        else:
+            return None
+        now = time.monotonic()
+        if now - self._said > 60:
+            self._said = now
+            log.warning("refusing connections with 503: %s", why)
+        return why
 
 
 class _Guard(asyncio.Protocol):
@@ -287,10 +311,7 @@ class _Guard(asyncio.Protocol):
         conns = self._conns
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
-        if conns.total >= conns.limit or (
-            conns.per_client[self._peer] >= conns.per_client_limit
-            and not _trusted(_ip(self._peer), conns.exempt)
-        ):
+        if conns.refuse_reason(self._peer) is not None:
             self._hang_up(conns.busy)
             return
         self._counted = True
@@ -375,12 +396,30 @@ class _Guard(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+def _raise_file_limit(max_connections: int) -> None:
+    """Each connection is a file descriptor; the usual soft limit (1024) would stop accepting
+    (EMFILE) before max_connections does. Raise it towards the hard limit, as Go servers do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * max_connections + 256  # engine connections, logs, the state files
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning(
+                "open files are limited to %d (ulimit -n); server.max_connections %d may hit "
+                "it: raise LimitNOFILE= (systemd) or lower max_connections",
+                new,
+                max_connections,
+            )
+
+
 async def listen(
     protocol_factory: Callable[[], asyncio.Protocol], server: ServerConfig
 ) -> asyncio.Server:
     """Listen on server.host:port with the connection guard around `protocol_factory`
     (an aiohttp `runner.server`). Close the returned server before `runner.cleanup()`."""
     conns = _Connections(server)
+    _raise_file_limit(server.max_connections)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: _Guard(protocol_factory(), conns),

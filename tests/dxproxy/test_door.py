@@ -304,6 +304,10 @@ def test_connection_limits_and_keepalive_timeout(tmp_path: Path) -> None:
         # The 11th connection from this address is refused with a clear 503.
         status, body = raw(proc, get("/api/tags", b"Authorization: Bearer " + proc.key.encode()))
         assert status == 503 and b"too many connections" in body
+        # The operator learns why, once (a proxy not listed as trusted looks like this).
+        time.sleep(0.2)
+        said = [line for line in proc.lines if "refusing connections with 503" in line]
+        assert len(said) == 1 and "server.trusted_proxies" in said[0], said
         for s in held:
             s.close()
         held.clear()
