@@ -30,7 +30,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from dxproxy.api.usage import USAGE
 from dxproxy.config import Config
-from dxproxy.door import CLIENT, body_middleware, door_middleware
+from dxproxy.door import CLIENT, body_middleware, cors_headers, door_middleware
 from dxproxy.errors import error_response
 from dxproxy.keystore import (
     API_KEY,
@@ -194,6 +194,7 @@ class Gate:
         app[LIMITER] = self.limiter
         app.cleanup_ctx.append(self._run)
         app.on_response_prepare.append(_ratelimit_headers)
+        app.on_response_prepare.append(cors_headers)
 
     async def _run(self, app: web.Application) -> AsyncIterator[None]:
         if self.auth:

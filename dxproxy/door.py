@@ -36,6 +36,7 @@ log = logging.getLogger("dx.door")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CLIENT = web.RequestKey("dx.client", str)
+CORS = web.RequestKey("dx.cors", dict[str, str])
 
 # Ollama's defaults (envconfig.AllowedOrigins): local web pages and desktop app shells.
 LOCAL_ORIGINS = (
@@ -173,21 +174,19 @@ def door_middleware(server: ServerConfig) -> Middleware:
                 )
                 cors["Access-Control-Max-Age"] = "600"
                 return web.Response(status=204, headers=cors)
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                exc.headers.update(cors)
-                raise
-            except ApiError as exc:  # rendered here, so that a browser may read it
-                response = error_response(
-                    request, exc.status, exc.message, param=exc.param, code=exc.code
-                )
-            if not response.prepared:
-                response.headers.update(cors)
-            return response
+            # Added as the response is prepared (cors_headers): errors and streams too.
+            request[CORS] = cors
         return await handler(request)
 
     return door
+
+
+async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` hook: the allowed origin's CORS headers on every response,
+    streams included (a stream's headers leave before its handler returns)."""
+    cors = request.get(CORS)
+    if cors is not None:
+        response.headers.update(cors)
 
 
 def body_middleware(server: ServerConfig) -> Middleware:

@@ -137,6 +137,17 @@ def test_cors_preflight_needs_no_key_for_local_and_configured_origins(dx: DxProc
     ok = httpx.get(dx.url + "/api/tags", headers={**dx.auth, "Origin": "http://localhost:3000"})
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+    # Streams too (their headers leave before the handler ends), and errors.
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", dx.url + "/api/chat", json=body,
+                      headers={**dx.auth, "Origin": "app://obsidian.md"}) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["access-control-allow-origin"] == "app://obsidian.md"
+        assert b"".join(stream.iter_bytes()).count(b"\n") > 3
+    bad = httpx.post(dx.url + "/v1/chat/completions", content=b"{",
+                     headers={**dx.auth, "Origin": "http://localhost:3000"})
+    assert bad.status_code == 400
+    assert bad.headers["access-control-allow-origin"] == "http://localhost:3000"
     denied = httpx.get(dx.url + "/api/tags", headers={"Origin": "http://localhost:3000"})
     assert denied.status_code == 401  # still needs a key, and the page may read why
     assert denied.headers["access-control-allow-origin"] == "http://localhost:3000"
