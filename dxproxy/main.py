@@ -11,6 +11,7 @@ import uvloop
 from dxproxy import __version__
 from dxproxy.auth import ensure_api_key
 from dxproxy.cli_keys import keys
+from dxproxy.cli_logs import logs
 from dxproxy.config import (
     Config,
     ConfigError,
@@ -111,3 +112,4 @@ def _load(path: str | None) -> Config:
 
 cli.add_command(doctor)
 cli.add_command(import_ollama)
+cli.add_command(logs)  # dx logs MODEL [--follow]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -75,10 +76,15 @@ class DxProcess:
     def engine_pids(self) -> list[int]:
         import psutil
 
+        out = []
         try:
-            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+            for c in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "supervisors.reaper" not in c.cmdline():  # DX's helper, not an engine
+                        out.append(c.pid)
         except psutil.NoSuchProcess:
-            return []
+            pass
+        return out
 
     def engine_port(self) -> int:
         """The loopback port the (first) engine listens on."""

@@ -18,6 +18,7 @@ from dxproxy.config import ModelConfig
 from dxproxy.errors import ApiError, dialect_of
 from dxproxy.keys import CONFIG, ROUTER, SESSION
 from dxproxy.router import Unavailable
+from dxproxy.scrub import scrub_paths
 from supervisors.process import Replica
 from supervisors.states import EngineState
 
@@ -186,9 +187,9 @@ def stream_cut(model: ModelConfig, reason: object) -> str:
     """Why a stream ended early, for the client. The engine's own reason is only in its log:
     llama-cpp-python, for one, ends a stream when the prompt does not fit the context."""
     return (
-        f"the engine of '{model.name}' failed mid-stream: {reason} (a prompt longer than the "
-        f"context, {model.context} tokens, is a common cause; dx serve --log-level debug shows "
-        "the engine's own reason)"
+        f"the engine of '{model.name}' failed mid-stream: {scrub_paths(str(reason))} (a prompt "
+        f"longer than the context, {model.context} tokens, is a common cause; `dx logs "
+        f"{model.name}` on the server shows the engine's own reason)"
     )
 
 
@@ -203,6 +204,10 @@ def engine_error(model: str, status: int, body: bytes) -> ApiError:
         if isinstance(err, dict):
             err = err.get("message", err)
         message = err if isinstance(err, str) else orjson.dumps(err).decode()
+    # Engine tracebacks name server files; the client needs the message, not the layout.
+    message = scrub_paths(message)
+    if status in (401, 403):  # the engine refused DX's own key: DX's problem, not the caller's
+        return ApiError(502, f"the engine of '{model}' refused DX's request (HTTP {status})")
     if 400 <= status < 500:
         return ApiError(
             400 if status == 422 else status,

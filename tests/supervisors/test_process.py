@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
 
 import aiohttp
 import psutil
@@ -14,42 +12,10 @@ import pytest
 
 from supervisors.adapters import ADAPTERS
 from supervisors.process import Replica
-from supervisors.spec import EngineSpec
-from supervisors.states import EngineState, InvalidTransition, StateChange, check_transition
-from tests.conftest import FAKE_ENGINE
+from supervisors.states import EngineState, InvalidTransition, check_transition
+from tests.supervisors.conftest import Recorder, fake
 
 S = EngineState
-
-
-def fake(*args: str, startup_timeout: float = 20) -> EngineSpec:
-    return EngineSpec(name="fake", kind="llama-server", model=FAKE_ENGINE,
-                      command=(sys.executable, FAKE_ENGINE, "--port", "{port}", *args),
-                      startup_timeout=startup_timeout)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.changes: list[StateChange] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, replica: Replica, change: StateChange) -> None:
-        self.changes.append(change)
-        self.changed.set()
-
-    def path(self) -> list[tuple[S, S]]:
-        return [(c.old, c.new) for c in self.changes if c.old is not c.new]
-
-    async def wait_for(self, state: S, count: int = 1, within: float = 20) -> None:
-        async with asyncio.timeout(within):
-            while sum(1 for c in self.changes if c.new is state) < count:
-                self.changed.clear()
-                await self.changed.wait()
 
 
 async def test_start_ready_stop(session: aiohttp.ClientSession) -> None:

@@ -1,0 +1,61 @@
+"""Admin API (admin keys only; the auth middleware guards the /admin prefix).
+
+`GET /admin/models[?lines=N]`: every model and its replicas as the supervisor sees them:
+state, engine, device and GPUs, settings, requests in flight and waiting, restarts, and for
+a replica that failed, the reason and the engine's last N output lines (50 by default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from dxproxy.catalog import display_name
+from dxproxy.errors import ApiError, json_response
+from dxproxy.keys import CONFIG, ROUTER, SUPERVISOR
+from supervisors.process import TAIL_LINES, Replica
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/admin/models")
+async def models(request: web.Request) -> web.Response:
+    try:
+        lines = int(request.query.get("lines", TAIL_LINES))
+    except ValueError:
+        raise ApiError(400, "lines: expected a whole number of output lines") from None
+    supervisor, router = request.app[SUPERVISOR], request.app[ROUTER]
+    out = []
+    for m in request.app[CONFIG].models:
+        out.append(
+            {
+                "name": display_name(m.name),
+                "engine": m.spec().kind,
+                "device": m.device,
+                "placement_note": supervisor.placement_notes.get(m.name, ""),
+                "waiting": router.waiting(m.name),
+                "replicas": [replica(r, lines) for r in supervisor.replicas(m.name)],
+            }
+        )
+    return json_response({"models": out})
+
+
+def replica(r: Replica, lines: int) -> dict[str, Any]:
+    head, _ = r.failure(0)
+    return {
+        "id": r.id,
+        "state": str(r.state),
+        "pid": r.pid,
+        "port": r.port,
+        "device": r.device,
+        "settings": r.settings(),
+        "in_flight": r.in_flight,
+        "capacity": r.capacity,
+        "restarts": r.restarts,
+        "gave_up": r.gave_up,
+        "ready_in_s": round(r.ready_in, 2),
+        "started_at": r.started_at,
+        "error": head,
+        "output": r.output(max(0, min(lines, 2000))),
+    }
