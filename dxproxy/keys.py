@@ -15,3 +15,7 @@ SESSION = web.AppKey("dx.session", aiohttp.ClientSession)
 SUPERVISOR = web.AppKey("dx.supervisor", Supervisor)
 ROUTER = web.AppKey("dx.router", Router)
 CATALOG = web.AppKey("dx.catalog", Catalog)
+
+# Per request, set when an engine replica is chosen (for the access log and metrics).
+REPLICA = web.RequestKey("dx.replica", str)
+QUEUE_WAIT = web.RequestKey("dx.queue_wait", float)  # seconds spent waiting for a replica

@@ -198,6 +198,26 @@ class Replica:
         if self.state in (EngineState.STOPPING, EngineState.FAILED):
             self._set_state(EngineState.STOPPED, "stopped")
 
+    async def drain(self, within: float) -> None:
+        """Take no new requests (the router sends only to `ready` replicas), let those in
+        flight finish for at most `within` seconds, then stop."""
+        self._stopping = True  # no restart from here on, and nobody waits for it
+        if self.state is EngineState.READY:
+            self._set_state(EngineState.DRAINING, "draining")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        # The router owns `in_flight`; a look every 50 ms is all a drain needs.
+        while self.in_flight > 0 and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning(
+                "%s: stopping with %d request(s) still in flight after %.0f s of draining",
+                self.id,
+                self.in_flight,
+                within,
+            )
+        await self.stop()
+
     async def _run(self) -> None:
         # Failures count within a sliding window, so an engine that crashes every few minutes
         # after serving is still given up on, and one that crashed once last week is not.

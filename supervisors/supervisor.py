@@ -1,18 +1,32 @@
 """Reconciles the desired engines (a list of `EngineSpec`) with the running ones.
 
-One code path serves first start, reload and shutdown: `apply(specs)` starts what is new and
-stops what is gone or changed; `apply(None)` stops everything. Placement (which GPUs each
-replica gets) is decided when a model's replicas are created.
+One code path serves first start, reload and shutdown: `apply(specs)`; `apply(None)` stops
+everything. Per model:
+
+- new: its replicas start at once;
+- gone: its replicas stop taking requests, finish those in flight (at most `drain_timeout`),
+  then stop;
+- changed (engine, file, args, GPUs...): blue/green. A new group of replicas starts beside
+  the old one; only when every new replica is ready does the model switch to it, and the old
+  group drains. If the new group fails, the old one keeps serving and the failure is
+  reported;
+- only `replicas` changed (and the existing replicas keep their GPUs): replicas are added,
+  or the highest-numbered ones drained, and the others are not touched;
+- unchanged: not touched (same processes).
+
+Changes run as one task per model, so a model's slow start (vLLM: minutes) delays no other
+model. Placement (which GPUs each replica gets) is decided when replicas are created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -71,11 +85,15 @@ class Supervisor:
         *,
         log_dir: Path | None = None,
         inventory: Inventory | None = None,
+        drain_timeout: float = 60.0,
     ) -> None:
         self._session = session
         self._grace = grace
-        self._replicas: dict[str, list[Replica]] = {}
-        self._specs: dict[str, EngineSpec] = {}
+        self.drain_timeout = drain_timeout
+        self._replicas: dict[str, list[Replica]] = {}  # the groups serving each model
+        self._specs: dict[str, EngineSpec] = {}  # what each group runs (or is becoming)
+        self._retiring: set[Replica] = set()  # draining or stopping, no longer serving
+        self._changes: dict[str, asyncio.Task[str]] = {}  # a model's change in progress
         self._listeners: list[Listener] = []
         self._lock = asyncio.Lock()
         self._logs = LogFiles(log_dir) if log_dir is not None else None
@@ -92,6 +110,9 @@ class Supervisor:
     def all_replicas(self) -> list[Replica]:
         return [r for group in self._replicas.values() for r in group]
 
+    def spec(self, model: str) -> EngineSpec | None:
+        return self._specs.get(model)
+
     async def inventory(self) -> Inventory:
         if self._inventory is None:
             self._inventory = await asyncio.to_thread(read_gpus)
@@ -104,31 +125,71 @@ class Supervisor:
         for listener in self._listeners:
             listener(replica, change)
 
-    async def apply(self, specs: Sequence[EngineSpec] | None) -> None:
-        """Make the running engines match `specs` (None: stop them all)."""
+    async def apply(self, specs: Sequence[EngineSpec] | None, *, wait: bool = False) -> list[str]:
+        """Make the running engines match `specs` (None: stop them all). Returns at once, the
+        changes going on in the background, unless `wait`: then it returns when every change
+        is done, with one line per model that could not be changed (its old engines still
+        serve)."""
         async with self._lock:
             desired = {s.name: s for s in specs or ()}
-            stale = [
-                name
-                for name in self._replicas
-                if name not in desired or self._specs[name] != desired[name]
-            ]
-            if stale:
-                await asyncio.gather(*(self._stop_model(name) for name in stale))
             inventory = await self.inventory() if desired else Inventory()
+            started: list[asyncio.Task[str]] = []
+            for name in list(self._specs):
+                if name not in desired:
+                    started.append(self._change(name, self._remove(name)))
             for name, spec in desired.items():
-                if name not in self._replicas:
-                    self._start_model(spec, inventory)
+                current = self._specs.get(name)
+                if current == spec:
+                    continue
+                if current is None:
+                    self._start_group(spec, inventory)
+                elif self._rescalable(current, spec, inventory):
+                    started.append(self._change(name, self._rescale(spec, inventory)))
+                else:
+                    started.append(self._change(name, self._replace(spec, inventory)))
+        if not wait:
+            return []
+        results = await asyncio.gather(*started, return_exceptions=True)
+        return [str(r) for r in results if r]
+
+    async def settle(self) -> None:
+        """Wait for the changes in progress."""
+        await asyncio.gather(*self._changes.values(), return_exceptions=True)
 
     async def close(self) -> None:
         """Stop every engine, then the reaper and the log writer."""
-        await self.apply(None)
+        await self.apply(None, wait=True)
+        await asyncio.gather(*(r.stop() for r in list(self._retiring)))
         self._reaper.close()
         if self._logs is not None:
             await asyncio.to_thread(self._logs.close)
 
-    def _start_model(self, spec: EngineSpec, inventory: Inventory) -> None:
-        adapter = ADAPTERS[spec.kind]
+    # -- one model's change --------------------------------------------------------------
+
+    def _change(self, name: str, work: Awaitable[str]) -> asyncio.Task[str]:
+        """Run `work` as the model's one change in progress; a newer change of the same model
+        replaces an unfinished one (whose half-started replicas it stops)."""
+        previous = self._changes.get(name)
+        if previous is not None and not previous.done():
+            previous.cancel()
+
+        async def run() -> str:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            return await work
+
+        task = asyncio.create_task(run(), name=f"change {name}")
+        self._changes[name] = task
+        task.add_done_callback(lambda t: self._forget(name, t))
+        return task
+
+    def _forget(self, name: str, task: asyncio.Task[str]) -> None:
+        if self._changes.get(name) is task:
+            del self._changes[name]
+
+    def _new_replicas(
+        self, spec: EngineSpec, inventory: Inventory, indexes: range
+    ) -> list[Replica]:
         unplaceable = ""
         note = ""
         try:
@@ -144,7 +205,8 @@ class Supervisor:
             self.placement_notes[spec.name] = note
         else:
             self.placement_notes.pop(spec.name, None)
-        group = [
+        adapter = ADAPTERS[spec.kind]
+        return [
             Replica(
                 spec,
                 i,
@@ -152,22 +214,100 @@ class Supervisor:
                 self._session,
                 self._emit,
                 self._grace,
-                gpus=gpus,
+                gpus=placements[i],
                 logs=self._logs,
                 groups=self._reaper,
                 unplaceable=unplaceable,
             )
-            for i, gpus in enumerate(placements)
+            for i in indexes
         ]
+
+    def _start_group(self, spec: EngineSpec, inventory: Inventory) -> None:
+        group = self._new_replicas(spec, inventory, range(spec.replicas))
         self._replicas[spec.name] = group
         self._specs[spec.name] = spec
         for replica in group:
             replica.start()
 
-    async def _stop_model(self, name: str) -> None:
-        group = self._replicas.pop(name)
-        self._specs.pop(name)
-        await asyncio.gather(*(r.stop() for r in group))
+    def _rescalable(self, old: EngineSpec, new: EngineSpec, inventory: Inventory) -> bool:
+        """Only the replica count differs, and the replicas that stay keep their GPUs."""
+        if dataclasses.replace(old, replicas=new.replicas) != new:
+            return False
+        try:
+            before, after = place(old, inventory), place(new, inventory)
+        except PlacementError:
+            return False
+        keep = min(old.replicas, new.replicas)
+        return before[:keep] == after[:keep]
+
+    async def _rescale(self, spec: EngineSpec, inventory: Inventory) -> str:
+        group = self._replicas[spec.name]
+        self._specs[spec.name] = spec
+        if spec.replicas > len(group):
+            added = self._new_replicas(spec, inventory, range(len(group), spec.replicas))
+            self._replicas[spec.name] = group + added
+            for replica in added:
+                replica.start()
+            log.info("%s: %d replica(s) added", spec.name, len(added))
+        else:
+            gone = group[spec.replicas :]
+            self._replicas[spec.name] = group[: spec.replicas]
+            log.info("%s: draining %d replica(s)", spec.name, len(gone))
+            await self._retire(gone)
+        return ""
+
+    async def _replace(self, spec: EngineSpec, inventory: Inventory) -> str:
+        """Blue/green: the new group serves only once all of it is ready."""
+        old = self._replicas.get(spec.name, [])
+        if not any(r.state is EngineState.READY for r in old):
+            # Nothing serves now (failed, or still starting): no reason to keep it.
+            await self._retire(old, drain=False)
+            self._start_group(spec, inventory)
+            return ""
+        new = self._new_replicas(spec, inventory, range(spec.replicas))
+        self._retiring.update(new)  # not serving yet; stopped with the rest if DX stops
+        log.info("%s: starting %d new replica(s) beside the old ones", spec.name, len(new))
+        try:
+            for replica in new:
+                replica.start()
+            await asyncio.gather(*(r.wait_settled() for r in new))
+        except asyncio.CancelledError:
+            await asyncio.gather(*(r.stop() for r in new))
+            self._retiring.difference_update(new)
+            raise
+        if any(r.state is not EngineState.READY for r in new):
+            failed = next(r for r in new if r.state is not EngineState.READY)
+            head, output = failed.failure(3)
+            await asyncio.gather(*(r.stop() for r in new))
+            self._retiring.difference_update(new)
+            why = " | ".join([head, *output])
+            log.error(
+                "%s: the new engines did not start; the old ones keep serving: %s", spec.name, why
+            )
+            return f"models.{spec.name}: not changed, the new engine failed: {why}"
+        self._retiring.difference_update(new)
+        self._replicas[spec.name] = new
+        self._specs[spec.name] = spec
+        log.info("%s: the new replicas serve; draining the old ones", spec.name)
+        await self._retire(old)
+        return ""
+
+    async def _remove(self, name: str) -> str:
+        group = self._replicas.pop(name, [])
+        self._specs.pop(name, None)
+        self.placement_notes.pop(name, None)
+        await self._retire(group)
+        return ""
+
+    async def _retire(self, group: list[Replica], drain: bool = True) -> None:
+        self._retiring.update(group)
+        try:
+            if drain:
+                await asyncio.gather(*(r.drain(self.drain_timeout) for r in group))
+            else:
+                await asyncio.gather(*(r.stop() for r in group))
+        finally:
+            self._retiring.difference_update(group)
 
     async def wait_settled(self) -> None:
         """Wait until every replica is ready or has given up."""

@@ -16,7 +16,7 @@ from aiohttp import web
 from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
 from dxproxy.errors import ApiError, dialect_of
-from dxproxy.keys import CONFIG, ROUTER, SESSION
+from dxproxy.keys import CONFIG, QUEUE_WAIT, REPLICA, ROUTER, SESSION
 from dxproxy.router import Unavailable
 from dxproxy.scrub import scrub_paths
 from supervisors.process import Replica
@@ -117,6 +117,8 @@ async def call_engine(
         affinity = conversation_key(payload) if model.affinity and model.replicas > 1 else None
         async with request.app[ROUTER].acquire(model.name, affinity) as replica:
             sent_ns = time.monotonic_ns()
+            request[REPLICA] = replica.id
+            request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
             resp = await _post(request.app[SESSION], replica, model, path, orjson.dumps(payload))
             try:
                 if resp.status >= 400:

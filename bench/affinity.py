@@ -1,0 +1,103 @@
+"""Time to first token on multi-turn chats over 2 replicas, with and without DX's
+conversation affinity.
+
+    .venv/bin/python bench/affinity.py [--engine llamacpp|llama-cpp-python] [--chats 8]
+
+A conversation's later turns repeat its earlier ones; the replica that served them still has
+them in its prompt cache and reads only the new turn. Without affinity, least-busy routing
+sends a follow-up to either replica, and the other one reads the whole conversation again.
+The bench runs the same chats twice (`affinity: true`, then `affinity: false`), 4 at a time,
+each turn streamed, with a long system prompt (what makes re-reading expensive), and reports
+time to first token of the follow-up turns (the first turn is the same in both runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from concurrency import SMOLLM2, Dx, pct, run_dx
+
+SYSTEM = (
+    "You are a patient assistant for a railway museum. "
+    + " ".join(
+        f"Fact {i}: the museum's locomotive number {i} was built in {1850 + i} and ran "
+        f"{100 + 7 * i} kilometres a day on the line to the coast."
+        for i in range(24)
+    )
+)
+QUESTIONS = ["Which locomotive is oldest?", "And the newest?", "How far did it run?",
+             "Summarise in one line."]
+
+
+async def chat(session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float]) -> None:
+    messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}]
+    for turn, q in enumerate(QUESTIONS):
+        messages.append({"role": "user", "content": f"(visitor {n}) {q}"})
+        body = {"model": "smollm2", "messages": messages, "max_tokens": 16, "stream": True,
+                "temperature": 0}
+        t0 = time.monotonic()
+        first = None
+        text = []
+        async with session.post(dx.url + "/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {dx.key}"}) as resp:
+            resp.raise_for_status()
+            async for line in resp.content:
+                if not line.startswith(b"data: {"):
+                    continue
+                delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {})
+                if delta.get("content"):
+                    first = first or time.monotonic() - t0
+                    text.append(delta["content"])
+        if turn and first is not None:
+            out.append(first)
+        messages.append({"role": "assistant", "content": "".join(text)})
+
+
+async def run(dx: Dx, chats: int) -> list[float]:
+    ttft: list[float] = []
+    sem = asyncio.Semaphore(4)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+
+        async def one(n: int) -> None:
+            async with sem:
+                await chat(session, dx, n, ttft)
+
+        await asyncio.gather(*(one(n) for n in range(chats)))
+    return ttft
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine", default="llamacpp", choices=["llamacpp", "llama-cpp-python"])
+    p.add_argument("--chats", type=int, default=8)
+    args = p.parse_args(argv)
+    rows = []
+    for affinity in (True, False):
+        model: dict[str, Any] = {"engine": args.engine, "model": SMOLLM2, "context": 2048,
+                                 "replicas": 2, "affinity": affinity}
+        if args.engine == "llamacpp":
+            model["parallel"] = 4
+        with run_dx(f"affinity {affinity}", model, timeout=300) as dx:
+            asyncio.run(run(dx, 2))  # warm-up, other chats
+            ttft = asyncio.run(run(dx, args.chats))
+        rows.append((affinity, ttft))
+        print(json.dumps({"affinity": affinity, "follow_ups": len(ttft),
+                          "ttft_p50_ms": round(pct(ttft, 0.5) * 1000),
+                          "ttft_p99_ms": round(pct(ttft, 0.99) * 1000)}), flush=True)
+    on, off = (pct(t, 0.5) for _, t in rows)
+    print(f"| {args.engine}, 2 replicas | follow-up TTFT p50 with affinity {on * 1000:.0f} ms "
+          f"| without {off * 1000:.0f} ms | {off / on:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
