@@ -10,13 +10,15 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from dxproxy import health
+from dxproxy import health, metrics
+from dxproxy.access import Access
 from dxproxy.api import admin, anthropic, ollama, openai, responses
 from dxproxy.auth import Gate
 from dxproxy.catalog import build_catalog
 from dxproxy.config import Config
 from dxproxy.errors import error_middleware
 from dxproxy.keys import CATALOG, CONFIG, ROUTER, SESSION, SUPERVISOR
+from dxproxy.reload import CONFIG_HOOKS
 from dxproxy.router import Router
 from supervisors.supervisor import Supervisor
 
@@ -29,16 +31,21 @@ def make_app(
     # Keys, limits and the door (dxproxy/auth.py, door.py); with auth off, only the door and
     # the default per-key limits (applied per client address).
     gate = Gate(config, api_keys=api_keys)
-    middlewares: list[Middleware] = [error_middleware, *gate.middlewares]
+    # Outermost: request ids, metrics and the access log see every answer, errors included.
+    access = Access(metrics.Metrics(config))
+    middlewares: list[Middleware] = [access.middleware, error_middleware, *gate.middlewares]
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
     gate.install(app)
+    access.install(app)
     app[CONFIG] = config
+    app[CONFIG_HOOKS] = [gate.update]  # a reloaded config's keys and limits apply at once
     app.add_routes(health.routes)  # /health, /ready
     app.add_routes(ollama.routes)
     app.add_routes(openai.routes)
     app.add_routes(responses.routes)  # OpenAI Responses (Codex), translated
     app.add_routes(anthropic.routes)  # Anthropic Messages (Claude Code), translated
     app.add_routes(admin.routes)  # /admin/*: admin keys only
+    app.add_routes(metrics.routes)  # /metrics: admin keys only, unless server.metrics_open
     app.cleanup_ctx.append(_engines)
     return app
 

@@ -48,6 +48,8 @@ KEY_FILE_NAME = "api-key"
 # Paths anyone may call: the liveness probes of Ollama clients and load balancers.
 OPEN_PATHS = frozenset({"/", "/health", "/ready"})
 ADMIN_PREFIX = "/admin"
+# Admin keys only, like /admin, unless server.metrics_open makes them open paths.
+ADMIN_PATHS = frozenset({"/metrics"})
 WHERE = (
     "the first key is in the dx state directory (file api-key); "
     "more are made with: dx keys create NAME"
@@ -172,14 +174,26 @@ class Gate:
     def __init__(self, config: Config, *, api_keys: tuple[str, ...]) -> None:
         self.config = config
         self.auth = config.auth.enabled
-        builtin = [builtin_record("api-key", k, "state") for k in api_keys[len(config.auth.keys) :]]
-        builtin += [
-            builtin_record(f"config-{i + 1}", k, "config") for i, k in enumerate(config.auth.keys)
-        ]
-        self.ring = KeyRing(config.server.state_dir, tuple(builtin))
+        self._state_keys = tuple(
+            builtin_record("api-key", k, "state") for k in api_keys[len(config.auth.keys) :]
+        )
+        self.ring = KeyRing(config.server.state_dir, self._builtin(config))
         self.guard = FailureGuard(config.auth.max_failures)
         self.limiter: Limiter = make_limiter(config.limits)
         self.shared_revocations = bool(config.limits.redis_url)
+        self.open_paths = OPEN_PATHS | (ADMIN_PATHS if config.server.metrics_open else set())
+
+    def _builtin(self, config: Config) -> tuple[KeyRecord, ...]:
+        from_config = tuple(
+            builtin_record(f"config-{i + 1}", k, "config") for i, k in enumerate(config.auth.keys)
+        )
+        return self._state_keys + from_config
+
+    def update(self, config: Config) -> None:
+        """A reloaded config: its keys (auth.keys), scopes and per-key limits apply at once.
+        The door's settings and the limiter's backend stay until a restart."""
+        self.config = config
+        self.ring.set_builtin(self._builtin(config))
 
     @property
     def middlewares(self) -> list[Middleware]:
@@ -218,7 +232,7 @@ class Gate:
         if not self.auth:
             request[API_KEY] = anonymous(client)
             return await handler(request)
-        if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+        if request.path in self.open_paths and request.method in ("GET", "HEAD"):
             return await handler(request)
         wait = self.guard.blocked_for(client)
         if wait > 0:
@@ -251,9 +265,12 @@ class Gate:
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": 'Bearer realm="dx"'},
             )
-        if (request.path == ADMIN_PREFIX or request.path.startswith(ADMIN_PREFIX + "/")) and (
-            not record.admin
-        ):
+        admin_only = (
+            request.path == ADMIN_PREFIX
+            or request.path.startswith(ADMIN_PREFIX + "/")
+            or request.path in ADMIN_PATHS
+        )
+        if admin_only and not record.admin:
             return error_response(
                 request,
                 403,

@@ -277,6 +277,12 @@ class KeyRing:
         self._dirty = False
         self._index(())
 
+    def set_builtin(self, builtin: tuple[KeyRecord, ...]) -> None:
+        """New keys from the config (a reload): in effect at once, the store's kept."""
+        stored = [r for r in self._by_digest.values() if r not in self._builtin]
+        self._builtin = builtin
+        self._index(stored)
+
     def _index(self, stored: tuple[KeyRecord, ...] | list[KeyRecord]) -> None:
         by_digest = {r.digest: r for r in stored}
         by_digest.update({r.digest: r for r in self._builtin})  # built-ins win a collision

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 import uvloop
 
-from dxproxy import __version__
+from dxproxy import __version__, logsetup
 from dxproxy.auth import ensure_api_key
 from dxproxy.cli_keys import keys
 from dxproxy.cli_logs import logs
@@ -61,14 +60,24 @@ def cli() -> None:
     show_default=True,
     help="debug also shows every line the engines print.",
 )
-def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    default="auto",
+    envvar="DX_LOG_FORMAT",
+    show_default=True,
+    help="auto: readable lines on a terminal, JSON lines otherwise (journald). Env DX_LOG_FORMAT.",
+)
+def serve(
+    config_path: str | None, host: str | None, port: int | None, log_level: str, log_format: str
+) -> None:
     """Start the engines and serve the Ollama and OpenAI APIs.
 
     The first start creates an API key in the state directory (default ~/.local/share/dx,
     or $XDG_DATA_HOME/dx) and prints it once. Send it as 'Authorization: Bearer KEY'.
     SIGTERM or Ctrl-C stops DX and every engine it started.
     """
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    logsetup.configure(log_level, log_format)  # type: ignore[arg-type]  # click checked it
     try:
         config = _load(config_path).with_overrides(host=host, port=port)
     except ConfigError as exc:
@@ -81,7 +90,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
             f"cannot use the state directory {config.server.state_dir}: {exc.strerror}; "
             "set server.state_dir to a writable folder"
         ) from None
-    code = uvloop.run(Server(config, key, out=lambda s: click.echo(s)).serve())
+    server = Server(config, key, out=lambda s: click.echo(s), config_path=config_path)
+    code = uvloop.run(server.serve())
     sys.exit(code)
 
 

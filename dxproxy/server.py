@@ -22,6 +22,8 @@ from dxproxy.app import make_app
 from dxproxy.auth import KeyFile
 from dxproxy.config import Config
 from dxproxy.keys import SUPERVISOR
+from dxproxy.metrics import count_reload
+from dxproxy.reload import RELOADER, Reloader, config_path_from
 from dxproxy.sdnotify import Notifier
 
 log = logging.getLogger("dx.server")
@@ -29,12 +31,19 @@ log = logging.getLogger("dx.server")
 
 class Server:
     def __init__(
-        self, config: Config, key: KeyFile | None, out: Callable[[str], None] = print
+        self,
+        config: Config,
+        key: KeyFile | None,
+        out: Callable[[str], None] = print,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path_from(config_path)
+        self.reloader: Reloader | None = None
         self.key = key
         self.out = out
         self.should_exit = asyncio.Event()
+        self._background: set[asyncio.Task[object]] = set()
         # systemd's Type=notify (a no-op outside systemd); reloads call notifier.reloading()
         # and notifier.ready() around their work.
         self.notifier = Notifier.from_environ()
@@ -47,10 +56,13 @@ class Server:
         self.should_exit.set()
 
     def handle_hup(self) -> None:
-        log.warning(
-            "SIGHUP received: live config reload is not built yet; restart dx to apply "
-            "config changes"
-        )
+        if self.reloader is None:
+            log.warning("SIGHUP received while starting: reload again once DX is ready")
+            return
+        log.info("SIGHUP received: reloading %s", self.config_path or "the config")
+        task = asyncio.get_running_loop().create_task(self.reloader.reload("SIGHUP"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def serve(self) -> int:
         # "ready in" counts from the process start, Python's own start-up included.
@@ -64,6 +76,14 @@ class Server:
         watchdog = asyncio.create_task(self.notifier.run_watchdog())
         keys = tuple(self.config.auth.keys) + ((self.key.key,) if self.key else ())
         app = make_app(self.config, api_keys=keys, key_file=self.key.path if self.key else None)
+        reloader = Reloader(
+            app,
+            self.config_path,
+            on_reloading=self.notifier.reloading,
+            on_reloaded=self.notifier.ready,
+            on_counted=count_reload,
+        )
+        app[RELOADER] = reloader
         runner = web.AppRunner(
             app,
             handler_cancellation=True,  # a client that leaves cancels its engine request
@@ -108,8 +128,12 @@ class Server:
                 ready = len(supervisor.all_replicas()) - failed
                 failures = f", {failed} FAILED" if failed else ""
                 self.notifier.ready(f"serving on {host}:{port}; {ready} engine(s) ready{failures}")
+            # Live config from here on: the file watched, SIGHUP and /admin/reload answered.
+            self.reloader = reloader
+            watcher = asyncio.create_task(reloader.watch())
             await stop
             settled.cancel()
+            watcher.cancel()
         finally:
             # Draining requests, then stopping engines, each up to shutdown_timeout.
             self.notifier.stopping(timeout=2 * self.config.server.shutdown_timeout + 5)

@@ -14,6 +14,7 @@ from aiohttp import web
 from dxproxy.catalog import display_name
 from dxproxy.errors import ApiError, json_response
 from dxproxy.keys import CONFIG, ROUTER, SUPERVISOR
+from dxproxy.reload import RELOADER
 from supervisors.process import TAIL_LINES, Replica
 
 routes = web.RouteTableDef()
@@ -59,3 +60,20 @@ def replica(r: Replica, lines: int) -> dict[str, Any]:
         "error": head,
         "output": r.output(max(0, min(lines, 2000))),
     }
+
+
+@routes.post("/admin/reload")
+async def reload(request: web.Request) -> web.Response:
+    """Reload the config file now; answers when the engines are reconciled (a model being
+    replaced waits for its new engines): 200 applied, 400 invalid (nothing changed)."""
+    status = await request.app[RELOADER].reload("admin API")
+    body = status.as_dict()
+    if status.last_error:
+        return json_response({"error": status.last_error, **body}, 400)
+    return json_response(body)
+
+
+@routes.get("/admin/reload")
+async def reload_status(request: web.Request) -> web.Response:
+    """Counts of reloads applied and refused, and the last error."""
+    return json_response(request.app[RELOADER].status.as_dict())
