@@ -18,6 +18,7 @@ from dxproxy.catalog import build_catalog
 from dxproxy.config import Config
 from dxproxy.errors import error_middleware
 from dxproxy.keys import CATALOG, CONFIG, ROUTER, SESSION, SUPERVISOR
+from dxproxy.loader import LOADER, Loader
 from dxproxy.reload import CONFIG_HOOKS
 from dxproxy.router import Router
 from supervisors.supervisor import Supervisor
@@ -39,6 +40,7 @@ def make_app(
     access.install(app)
     app[CONFIG] = config
     app[CONFIG_HOOKS] = [gate.update]  # a reloaded config's keys and limits apply at once
+    app[LOADER] = Loader(app)  # which models run: at start, on demand, until idle
     app.add_routes(health.routes)  # /health, /ready
     app.add_routes(ollama.routes)
     app.add_routes(openai.routes)
@@ -72,8 +74,10 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     app[SUPERVISOR] = supervisor
     app[ROUTER] = Router(supervisor, config.limits)
     app[CATALOG] = await asyncio.to_thread(build_catalog, config)
+    expiry = asyncio.create_task(app[LOADER].run())  # unloads idle on-demand models
     try:
         yield
     finally:
+        expiry.cancel()
         await supervisor.close()
         await session.close()

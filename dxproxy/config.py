@@ -41,6 +41,9 @@ DEFAULT_QUEUE_TIMEOUT = 120.0
 DEFAULT_CONTEXT = 4096
 # vLLM compiles for minutes before it answers (about 2 on a 2-core CPU, more for big models).
 DEFAULT_STARTUP_TIMEOUT = 600.0
+DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5m
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0
@@ -86,6 +89,8 @@ class ServerConfig:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    # GET /metrics without a key (for a Prometheus on a trusted network); else admin keys only.
+    metrics_open: bool = False
 
     @property
     def is_loopback(self) -> bool:
@@ -124,6 +129,11 @@ class LimitsConfig:
     redis_url: str | None = None
     # While Redis is unreachable: "open" serves without rate limits, "closed" answers 503.
     redis_failure: Literal["open", "closed"] = "open"
+    # Models loaded at once (Ollama's OLLAMA_MAX_LOADED_MODELS); 0 = no limit but memory.
+    max_loaded_models: int = 0
+    # Bytes the loaded models may take on the CPU and on each GPU; None = 80 % of the RAM,
+    # 90 % of each GPU's memory.
+    memory_budget: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +156,9 @@ class ModelConfig:
     sleep_mode: bool = False  # vLLM: may sleep (weights to CPU RAM) instead of stopping
     embeddings: bool = False  # serve /api/embed and /v1/embeddings with this model
     affinity: bool = True  # send a conversation's turns to the replica that has its cache
+    load: Literal["start", "on_demand"] = "start"  # on_demand: at its first request
+    keep_alive: float = DEFAULT_KEEP_ALIVE  # on_demand: idle seconds before unloading; <0 never
+    memory: int | None = None  # bytes one replica needs; None = estimated (dxproxy/memory.py)
 
     @property
     def device(self) -> str:
@@ -363,6 +376,7 @@ def load_config(
         max_connections_per_client=s.positive(
             "max_connections_per_client", int, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
         ),
+        metrics_open=s.get("metrics_open", bool, False),
     )
     for i, net in enumerate(server.trusted_proxies):
         try:
@@ -394,6 +408,8 @@ def load_config(
         per_key=_key_limits(lim),
         redis_url=lim.get("redis_url", str, "") or None,
         redis_failure=lim.get("redis_failure", str, "open"),  # type: ignore[arg-type]
+        max_loaded_models=lim.get("max_loaded_models", int, 0),
+        memory_budget=_size(lim, "memory_budget"),
     )
     if limits.redis_failure not in ("open", "closed"):
         lim.error("redis_failure", f"expected open or closed, got {limits.redis_failure!r}")
@@ -508,11 +524,59 @@ def _model(
         sleep_mode=r.get("sleep_mode", bool, False),
         embeddings=r.get("embeddings", bool, False),
         affinity=r.get("affinity", bool, True),
+        load=_load_policy(r),
+        keep_alive=_keep_alive(r),
+        memory=_size(r, "memory"),
     )
     if m.sleep_mode and m.engine != "vllm":
         r.error("sleep_mode", "only vLLM can sleep; other engines are stopped when idle")
     r.finish()
     return m
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from 1073741824, '1GiB', '512MiB', '8G', '2.5 GB' (powers of 1024); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str) or not (m := _SIZE.fullmatch(value.strip())):
+        return None
+    unit = (m.group(2) or "").upper()[:1]
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def _size(r: _Reader, key: str) -> int | None:
+    r.seen.add(key)
+    raw = r.interpolate(r.data.get(key), r.key(key))
+    if raw is None:
+        return None
+    size = parse_size(raw)
+    if size is None or size <= 0:
+        r.error(key, f"expected a size like 8GiB, 512MiB or a number of bytes, got {raw!r}")
+        return None
+    return size
+
+
+def _load_policy(r: _Reader) -> Literal["start", "on_demand"]:
+    value = r.get("load", str, "start")
+    if value not in ("start", "on_demand"):
+        r.error("load", f"expected start or on_demand, got {value!r}")
+        return "start"
+    return value  # type: ignore[return-value]
+
+
+def _keep_alive(r: _Reader) -> float:
+    """A duration; negative keeps the model loaded forever (as Ollama's keep_alive)."""
+    r.seen.add("keep_alive")
+    raw = r.interpolate(r.data.get("keep_alive"), r.key("keep_alive"))
+    if raw is None:
+        return DEFAULT_KEEP_ALIVE
+    seconds = parse_duration(raw)
+    if seconds is None:
+        r.error("keep_alive", f"expected a duration like '5m', 0 or -1 (forever), got {raw!r}")
+        return DEFAULT_KEEP_ALIVE
+    return seconds
 
 
 def _gpus(r: _Reader) -> tuple[tuple[int, ...], int]:

@@ -47,9 +47,9 @@ async def ready(request: web.Request) -> web.Response:
 
 
 def loads_at_start(model: ModelConfig) -> bool:
-    """Models started with DX (all of them today). A model loaded on its first request is
-    not waited for: /ready must not fail for a model that is idle by design."""
-    return True
+    """Models started with DX. A model loaded on its first request is not waited for:
+    /ready must not fail for a model that is idle by design."""
+    return model.load == "start"
 
 
 def readiness(config: Config, supervisor: Supervisor | None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from aiohttp import web
 from dxproxy.catalog import build_catalog
 from dxproxy.config import Config, ConfigError, load_config
 from dxproxy.keys import CATALOG, CONFIG, ROUTER, SUPERVISOR
+from dxproxy.loader import LOADER
 
 log = logging.getLogger("dx.reload")
 
@@ -149,7 +150,8 @@ class Reloader:
             self.path,
             len(new.models),
         )
-        problems = await self.app[SUPERVISOR].apply([m.spec() for m in new.models], wait=True)
+        specs = self.app[LOADER].desired(new)  # on-demand models only while loaded
+        problems = await self.app[SUPERVISOR].apply(specs, wait=True)
         self.status.last_warnings = warnings + problems
         if problems:
             for problem in problems:

@@ -146,15 +146,19 @@ class Router:
             )
         waiter = _Waiter(affinity)
         queue.append(waiter)
+        timeout = self.limits.queue_timeout
+        spec = self._supervisor.spec(model)
+        if spec is not None and not any(r.state is EngineState.READY for r in replicas):
+            timeout = max(timeout, spec.startup_timeout)  # the model is loading: its start
         try:
-            done, _ = await asyncio.wait({waiter.future}, timeout=self.limits.queue_timeout)
+            done, _ = await asyncio.wait({waiter.future}, timeout=timeout)
         except asyncio.CancelledError:  # the client left while waiting
             self._abandon(model, waiter)
             raise
         if not done:
             self._abandon(model, waiter)
             raise Unavailable(
-                f"timed out after {self.limits.queue_timeout:.0f} s waiting for a free "
+                f"timed out after {timeout:.0f} s waiting for a free "
                 f"replica of '{model}' (raise limits.queue_timeout, or add replicas)"
             )
         return waiter.future.result()  # or the Unavailable that _dispatch set

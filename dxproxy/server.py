@@ -22,6 +22,7 @@ from dxproxy.app import make_app
 from dxproxy.auth import KeyFile
 from dxproxy.config import Config
 from dxproxy.keys import SUPERVISOR
+from dxproxy.loader import LOADER
 from dxproxy.metrics import count_reload
 from dxproxy.reload import RELOADER, Reloader, config_path_from
 from dxproxy.sdnotify import Notifier
@@ -107,7 +108,7 @@ class Server:
                 return 1
             supervisor = app[SUPERVISOR]
             # Returns at once; the engines start meanwhile.
-            await supervisor.apply([m.spec() for m in self.config.models])
+            await supervisor.apply(app[LOADER].desired(self.config))
             # Start-up lasts until every engine settles: allow the slowest startup_timeout.
             slowest = max((m.startup_timeout for m in self.config.models), default=0.0)
             self.notifier.extend_timeout(slowest + 30)

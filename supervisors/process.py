@@ -178,6 +178,9 @@ class Replica:
     def start(self) -> None:
         """Begin running (idempotent). Returns at once; watch the state or `wait_settled`."""
         if self._task is None:
+            # Starting from now, not from when the task first runs: a request that arrives
+            # in between waits for this replica instead of being told it is stopped.
+            self._set_state(EngineState.STARTING, "starting")
             self._task = asyncio.create_task(self._run(), name=f"engine {self.id}")
 
     async def wait_settled(self) -> None:

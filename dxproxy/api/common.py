@@ -17,6 +17,7 @@ from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
 from dxproxy.errors import ApiError, dialect_of
 from dxproxy.keys import CONFIG, QUEUE_WAIT, REPLICA, ROUTER, SESSION
+from dxproxy.loader import LOADER
 from dxproxy.router import Unavailable
 from dxproxy.scrub import scrub_paths
 from supervisors.process import Replica
@@ -115,6 +116,8 @@ async def call_engine(
     """
     try:
         affinity = conversation_key(payload) if model.affinity and model.replicas > 1 else None
+        loader = request.app[LOADER]
+        await loader.ensure(model)  # an on-demand model not loaded yet starts now
         async with request.app[ROUTER].acquire(model.name, affinity) as replica:
             sent_ns = time.monotonic_ns()
             request[REPLICA] = replica.id
@@ -133,6 +136,7 @@ async def call_engine(
                     # Fully read: the connection goes back to the pool. Not fully read (the
                     # client left, or an error): it is closed, and the engine stops.
                     resp.release()
+                loader.used(model, request)  # its keep-alive counts from now
     except Unavailable as exc:
         raise ApiError(exc.status, exc.message) from None
 

@@ -23,6 +23,8 @@ from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig, parse_duration
 from dxproxy.errors import ApiError, json_response
 from dxproxy.keys import CATALOG, SUPERVISOR
+from dxproxy.loader import LOADER, note_keep_alive
+from dxproxy.router import Unavailable
 from dxproxy.schemas import ChatRequest, GenerateRequest, KeepAlive, Message, decode
 
 routes = web.RouteTableDef()
@@ -35,9 +37,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     model = resolve_model(request, req.model)
     info = request.app[CATALOG].get(model.name)
     payload = sampling(req, model, info)
+    note_keep_alive(request, req.keep_alive)
     messages = chat_messages(req.messages or [], model)
     if not messages:
-        return _load_reply(req.keep_alive, model, chat=True)
+        return await _load_reply(request, req.keep_alive, model, chat=True)
     payload["messages"] = messages
     if req.tools:
         payload["tools"] = tools_payload(req.tools, model, info)
@@ -51,6 +54,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     req = decode(await request.read(), GenerateRequest)
     model = resolve_model(request, req.model)
     payload = sampling(req, model, request.app[CATALOG].get(model.name))
+    note_keep_alive(request, req.keep_alive)
     prompt, system, images = req.prompt or "", req.system or "", req.images or []
     if req.suffix:
         raise ApiError(400, f"{display_name(model.name)} does not support insert")
@@ -69,7 +73,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
             "/api/chat messages instead",
         )
     if not prompt and not images:
-        return _load_reply(req.keep_alive, model, chat=False)
+        return await _load_reply(request, req.keep_alive, model, chat=False)
     if req.raw:
         if system or images:
             raise ApiError(400, "raw mode does not support template, system, or context")
@@ -87,10 +91,20 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return await _reply(request, model, path, payload, started, req.stream, chat=False)
 
 
-def _load_reply(keep_alive: KeepAlive | None, model: ModelConfig, *, chat: bool) -> web.Response:
-    """An empty prompt asks to load (or, with keep_alive 0, unload) the model. DX models are
-    loaded when dx starts and stay loaded, so both are acknowledged as Ollama does."""
+async def _load_reply(
+    request: web.Request, keep_alive: KeepAlive | None, model: ModelConfig, *, chat: bool
+) -> web.Response:
+    """An empty prompt loads the model (answering once it serves), or with keep_alive 0
+    unloads it (answering once its engines are stopped), as Ollama does."""
     unload = parse_duration(keep_alive) == 0
+    loader = request.app[LOADER]
+    try:
+        if unload:
+            await loader.unload(model)
+        else:
+            await loader.load(model, request)
+    except Unavailable as exc:
+        raise ApiError(exc.status, exc.message) from None
     reply: dict[str, Any] = {"model": display_name(model.name), "created_at": now_rfc3339()}
     if chat:
         reply["message"] = {"role": "assistant", "content": ""}

@@ -17,6 +17,7 @@ from dxproxy.api.ollama.reply import NDJSON
 from dxproxy.catalog import ModelInfo
 from dxproxy.errors import ApiError, json_response
 from dxproxy.keys import CATALOG, CONFIG, SUPERVISOR
+from dxproxy.loader import LOADER
 from dxproxy.schemas import CopyRequest, ModelRequest, decode
 from supervisors.states import EngineState
 
@@ -82,9 +83,13 @@ def _modelfile(info: ModelInfo) -> str:
 async def ps(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     catalog = request.app[CATALOG]
-    expires = (datetime.now().astimezone() + FOREVER).isoformat()
+    loader = request.app[LOADER]
+    forever = (datetime.now().astimezone() + FOREVER).isoformat()
     models = []
     for model in request.app[CONFIG].models:
+        # When an idle model unloads (keep_alive); models loaded at start never do.
+        at = loader.expires_at(model)
+        expires = forever if at is None else datetime.fromtimestamp(at).astimezone().isoformat()
         ready = [r for r in supervisor.replicas(model.name) if r.state is EngineState.READY]
         info = catalog.get(model.name)
         if not ready or info is None:
