@@ -39,6 +39,15 @@ def smollm2_path() -> Path:
     return path
 
 
+def gemma_path() -> Path:
+    """Gemma 3 270M (GGUF), joined from its PyPI parts by scripts/setup. Fail, never skip."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dx"
+    path = cache / "gemma3-270m-q4_k_m.gguf"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run scripts/setup")
+    return path
+
+
 def fake_model(**extra: object) -> dict[str, object]:
     """A model entry whose engine is tests/fake_engine.py. `model` must name an existing file
     (the config checks it); the fake engine ignores it, so it names itself."""
