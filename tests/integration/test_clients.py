@@ -128,7 +128,7 @@ def test_keep_alive_load_and_unload(dx: DxProcess) -> None:
     assert c.generate(model="smollm2", prompt="", keep_alive="5m").done_reason == "load"
     assert c.generate(model="smollm2", prompt="", keep_alive=0).done_reason == "unload"
     assert c.chat(model="smollm2", messages=[], keep_alive=0).done_reason == "unload"
-    # DX keeps its models loaded: the next request is served at once.
+    # An unloaded model comes back at its next request.
     reply = c.chat(model="smollm2", messages=QUESTION, options=GREEDY, keep_alive="10m")
     assert reply.message.content
 
