@@ -61,8 +61,9 @@ def _logprobs(body: dict[str, Any], tokens: list[str]) -> dict[str, Any] | None:
 def _last_user_text(body: dict[str, Any]) -> str:
     if "prompt" in body:
         return str(body["prompt"])
-    for m in reversed(body.get("messages") or []):
-        if m.get("role") == "user":
+    messages = body.get("messages")
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
             c = m.get("content")
             return c if isinstance(c, str) else json.dumps(c)
     return ""
