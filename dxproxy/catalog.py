@@ -87,9 +87,11 @@ def engine_kind(model: ModelConfig) -> str:
 
 def capabilities(model: ModelConfig, template: str) -> tuple[str, ...]:
     """What Ollama's /api/show calls capabilities, from the config and the chat template."""
-    # llama-server with --embeddings still generates (measured with this build), as the
-    # other engines do: completion always.
-    caps: list[str] = ["completion"]
+    # llama-server with --embeddings still generates (measured with this build), and so does
+    # llama-cpp-python; vLLM's pooling runner does not.
+    caps: list[str] = []
+    if not (serves_embeddings(model) and engine_kind(model) == "vllm"):
+        caps.append("completion")
     # Engines render tools through the chat template: one that never mentions them drops
     # them without a word (llama-server, vLLM), and llama-cpp-python ignores them. An unknown
     # template (an operator's own command, a hub id) is given the benefit of the doubt.
