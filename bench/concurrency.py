@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-args", default="", help="extra engine args, e.g. '-fa off'")
     p.add_argument("--json", type=Path, help="write the rows here too")
     args = p.parse_args(argv)
+    # SIGTERM (timeout, Ctrl-C's cousin) ends the bench through its cleanup, which stops dx.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = asyncio.run(run_all(args))
     print(markdown(rows))
     if args.json:

@@ -8,17 +8,18 @@ its `capacity`, which matters for llama-cpp-python: one at a time):
   conversation's earlier turns in its prompt cache, so the follow-up skips re-reading them;
 - otherwise the one with the fewest requests in flight.
 
-When no replica has room, the request waits in a per-model FIFO queue, bounded in length
-(full: 503 at once) and in time (`limits.queue_timeout`). A freed slot is handed to the first
-waiter directly, so nobody overtakes. A request whose client leaves while it waits leaves
-the queue.
+When no replica has room, the request waits in a per-model queue, bounded in length (full:
+503 at once) and in time (`limits.queue_timeout`; for a model that is loading, its
+`startup_timeout`). A freed slot is handed to a waiter directly. The queue is fair between API
+keys: keys take turns, each key's own requests in arrival order, so a key that sends 32
+requests at once cannot make another key's single request wait behind all of them. A request
+whose client leaves while it waits leaves the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,16 +44,57 @@ class Unavailable(Exception):
 @dataclass(eq=False, slots=True)
 class _Waiter:
     affinity: str | None
+    key: str  # the API key's name: the unit of fairness
     future: asyncio.Future[Replica] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+class FairQueue:
+    """One model's waiters: a FIFO queue per key, the keys served in turn (round robin)."""
+
+    def __init__(self) -> None:
+        self._keys: collections.OrderedDict[str, collections.deque[_Waiter]] = (
+            collections.OrderedDict()
+        )
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, waiter: _Waiter) -> None:
+        self._keys.setdefault(waiter.key, collections.deque()).append(waiter)
+        self._size += 1
+
+    def first(self) -> _Waiter:
+        """The next to serve: the oldest waiter of the key whose turn it is."""
+        return next(iter(self._keys.values()))[0]
+
+    def pop(self) -> _Waiter:
+        """Take `first()`; that key's turn is over (it goes to the back of the line)."""
+        key, waiters = next(iter(self._keys.items()))
+        waiter = waiters.popleft()
+        self._size -= 1
+        if waiters:
+            self._keys.move_to_end(key)
+        else:
+            del self._keys[key]
+        return waiter
+
+    def remove(self, waiter: _Waiter) -> None:
+        waiters = self._keys.get(waiter.key)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            self._size -= 1
+            if not waiters:
+                del self._keys[waiter.key]
 
 
 class Router:
     def __init__(self, supervisor: Supervisor, limits: LimitsConfig) -> None:
         self._supervisor = supervisor
         self.limits = limits
-        self._queues: dict[str, collections.deque[_Waiter]] = {}
+        self._queues: dict[str, FairQueue] = {}
         # (model, conversation) -> the replica id that served it last.
         self._affinity: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
         supervisor.subscribe(self._on_change)
@@ -102,36 +144,38 @@ class Router:
         if not queue:
             return
         while queue:
-            waiter = queue[0]
+            waiter = queue.first()
             if waiter.future.done():  # timed out or its client left
-                queue.popleft()
+                queue.pop()
                 continue
             replica = self._pick(model, waiter.affinity)
             if replica is None:
                 break
-            queue.popleft()
+            queue.pop()
             waiter.future.set_result(self._take(replica, model, waiter.affinity))
         replicas = self._supervisor.replicas(model)
         if queue and not any(r.may_become_ready for r in replicas):
             why = Unavailable(self._why_down(model, replicas))
             while queue:
-                waiter = queue.popleft()
+                waiter = queue.pop()
                 if not waiter.future.done():
                     waiter.future.set_exception(why)
 
     # -- acquiring ---------------------------------------------------------------------
 
     @asynccontextmanager
-    async def acquire(self, model: str, affinity: str | None = None) -> AsyncIterator[Replica]:
-        replica = await self._wait_for_replica(model, affinity)
+    async def acquire(
+        self, model: str, affinity: str | None = None, key: str = ""
+    ) -> AsyncIterator[Replica]:
+        replica = await self._wait_for_replica(model, affinity, key)
         try:
             yield replica
         finally:
             replica.in_flight -= 1
             self._dispatch(model)
 
-    async def _wait_for_replica(self, model: str, affinity: str | None) -> Replica:
-        queue = self._queues.setdefault(model, collections.deque())
+    async def _wait_for_replica(self, model: str, affinity: str | None, key: str) -> Replica:
+        queue = self._queues.setdefault(model, FairQueue())
         if not queue:  # the fast path: no one waits before us
             replica = self._pick(model, affinity)
             if replica is not None:
@@ -144,7 +188,7 @@ class Router:
                 "server busy, please try again.  maximum pending requests exceeded "
                 f"({self.limits.queue_size} waiting for '{model}'; raise limits.queue_size)"
             )
-        waiter = _Waiter(affinity)
+        waiter = _Waiter(affinity, key)
         queue.append(waiter)
         timeout = self.limits.queue_timeout
         spec = self._supervisor.spec(model)
@@ -167,8 +211,7 @@ class Router:
         future = waiter.future
         if not future.done():
             future.cancel()
-            with contextlib.suppress(ValueError):
-                self._queues[model].remove(waiter)
+            self._queues[model].remove(waiter)
         elif not future.cancelled() and future.exception() is None:
             future.result().in_flight -= 1  # handed a replica at the last moment: give it back
             self._dispatch(model)

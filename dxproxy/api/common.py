@@ -17,6 +17,7 @@ from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
 from dxproxy.errors import ApiError, dialect_of
 from dxproxy.keys import CONFIG, QUEUE_WAIT, REPLICA, ROUTER, SESSION
+from dxproxy.keystore import API_KEY
 from dxproxy.loader import LOADER
 from dxproxy.router import Unavailable
 from dxproxy.scrub import scrub_paths
@@ -118,7 +119,10 @@ async def call_engine(
         affinity = conversation_key(payload) if model.affinity and model.replicas > 1 else None
         loader = request.app[LOADER]
         await loader.ensure(model)  # an on-demand model not loaded yet starts now
-        async with request.app[ROUTER].acquire(model.name, affinity) as replica:
+        key = request.get(API_KEY)  # the unit of fairness in the queue
+        async with request.app[ROUTER].acquire(
+            model.name, affinity, key.name if key else ""
+        ) as replica:
             sent_ns = time.monotonic_ns()
             request[REPLICA] = replica.id
             request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
