@@ -26,29 +26,38 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concurrency import SMOLLM2, Dx, pct, run_dx
 
-SYSTEM = (
-    "You are a patient assistant for a railway museum. "
-    + " ".join(
-        f"Fact {i}: the museum's locomotive number {i} was built in {1850 + i} and ran "
-        f"{100 + 7 * i} kilometres a day on the line to the coast."
-        for i in range(24)
-    )
+SYSTEM = "You are a patient assistant for a railway museum. " + " ".join(
+    f"Fact {i}: the museum's locomotive number {i} was built in {1850 + i} and ran "
+    f"{100 + 7 * i} kilometres a day on the line to the coast."
+    for i in range(24)
 )
-QUESTIONS = ["Which locomotive is oldest?", "And the newest?", "How far did it run?",
-             "Summarise in one line."]
+QUESTIONS = [
+    "Which locomotive is oldest?",
+    "And the newest?",
+    "How far did it run?",
+    "Summarise in one line.",
+]
 
 
 async def chat(session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float]) -> None:
     messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}]
     for turn, q in enumerate(QUESTIONS):
         messages.append({"role": "user", "content": f"(visitor {n}) {q}"})
-        body = {"model": "smollm2", "messages": messages, "max_tokens": 16, "stream": True,
-                "temperature": 0}
+        body = {
+            "model": "smollm2",
+            "messages": messages,
+            "max_tokens": 16,
+            "stream": True,
+            "temperature": 0,
+        }
         t0 = time.monotonic()
         first = None
         text = []
-        async with session.post(dx.url + "/v1/chat/completions", json=body,
-                                headers={"Authorization": f"Bearer {dx.key}"}) as resp:
+        async with session.post(
+            dx.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {dx.key}"},
+        ) as resp:
             resp.raise_for_status()
             async for line in resp.content:
                 if not line.startswith(b"data: {"):
@@ -82,20 +91,35 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = []
     for affinity in (True, False):
-        model: dict[str, Any] = {"engine": args.engine, "model": SMOLLM2, "context": 2048,
-                                 "replicas": 2, "affinity": affinity}
+        model: dict[str, Any] = {
+            "engine": args.engine,
+            "model": SMOLLM2,
+            "context": 2048,
+            "replicas": 2,
+            "affinity": affinity,
+        }
         if args.engine == "llamacpp":
             model["parallel"] = 4
         with run_dx(f"affinity {affinity}", model, timeout=300) as dx:
             asyncio.run(run(dx, 2))  # warm-up, other chats
             ttft = asyncio.run(run(dx, args.chats))
         rows.append((affinity, ttft))
-        print(json.dumps({"affinity": affinity, "follow_ups": len(ttft),
-                          "ttft_p50_ms": round(pct(ttft, 0.5) * 1000),
-                          "ttft_p99_ms": round(pct(ttft, 0.99) * 1000)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "affinity": affinity,
+                    "follow_ups": len(ttft),
+                    "ttft_p50_ms": round(pct(ttft, 0.5) * 1000),
+                    "ttft_p99_ms": round(pct(ttft, 0.99) * 1000),
+                }
+            ),
+            flush=True,
+        )
     on, off = (pct(t, 0.5) for _, t in rows)
-    print(f"| {args.engine}, 2 replicas | follow-up TTFT p50 with affinity {on * 1000:.0f} ms "
-          f"| without {off * 1000:.0f} ms | {off / on:.2f}x |")
+    print(
+        f"| {args.engine}, 2 replicas | follow-up TTFT p50 with affinity {on * 1000:.0f} ms "
+        f"| without {off * 1000:.0f} ms | {off / on:.2f}x |"
+    )
     return 0
 
 

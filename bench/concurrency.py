@@ -101,7 +101,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_dx(name: str, model: dict[str, Any], timeout: float) -> Iterator[Dx]:
+def run_dx(
+    name: str, model: dict[str, Any], timeout: float, extra: dict[str, Any] | None = None
+) -> Iterator[Dx]:
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="dx-bench-") as tmp:
@@ -110,6 +112,7 @@ def run_dx(name: str, model: dict[str, Any], timeout: float) -> Iterator[Dx]:
             "server": {"host": "127.0.0.1", "port": port, "state_dir": f"{tmp}/state"},
             "limits": {"queue_size": 1024},
             "models": {"smollm2": model},
+            **(extra or {}),
         }
         path = Path(tmp) / "dx.yaml"
         path.write_text(yaml.safe_dump(config))
