@@ -277,3 +277,37 @@ def test_version_and_root(dx: DxProcess) -> None:
     assert httpx.get(dx.url + "/").text == "Ollama is running"
     version = httpx.get(dx.url + "/api/version", headers=dx.auth).json()["version"]
     assert all(part.isdigit() for part in version.split("."))
+
+
+# -- translated dialects: Anthropic Messages, OpenAI Responses -------------------------------
+
+
+def test_anthropic_messages(dx: DxProcess) -> None:
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=dx.url, api_key=dx.key, max_retries=0, timeout=120)
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    # The current client has no sampling parameters any more; DX still takes Anthropic's.
+    greedy = {"temperature": 0}
+    reply = claude.messages.create(model="smollm2", max_tokens=24, messages=ask,
+                                   extra_body=greedy)  # fmt: skip
+    text = reply.content[0].text  # type: ignore[union-attr]
+    assert text.strip() and reply.usage.input_tokens > 5
+    assert 0 < reply.usage.output_tokens <= 24
+    with claude.messages.stream(model="smollm2", max_tokens=24, messages=ask,
+                                extra_body=greedy) as stream:  # fmt: skip
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == text and final.usage.output_tokens == reply.usage.output_tokens
+
+
+def test_openai_responses(dx: DxProcess) -> None:
+    o = oa(dx)
+    reply = o.responses.create(model="smollm2", input="What is the capital of France?",
+                               temperature=0, max_output_tokens=24)  # fmt: skip
+    assert reply.output_text.strip() and reply.usage and reply.usage.input_tokens > 5
+    events = list(o.responses.create(model="smollm2", input="What is the capital of France?",
+                                     temperature=0, max_output_tokens=24, stream=True))  # fmt: skip
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == reply.output_text
+    assert events[-1].type in ("response.completed", "response.incomplete")
