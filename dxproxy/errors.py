@@ -15,6 +15,8 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from dxproxy.early import EARLY
+
 log = logging.getLogger("dx.http")
 
 Dialect = Literal["ollama", "openai", "anthropic"]
@@ -91,6 +93,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
+        early = request.get(EARLY)
+        if early is not None and early.started:  # the stream began while a model loaded
+            return await early.fail(exc.status, exc.message)
         return error_response(request, exc.status, exc.message, param=exc.param, code=exc.code)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from dxproxy.config import LimitsConfig
+from dxproxy.early import NOTICE_AFTER, NOTICE_EVERY
 from supervisors.process import Replica
 from supervisors.states import EngineState, StateChange
 from supervisors.supervisor import Supervisor
 
+Notify = Callable[[float], Awaitable[None]]
 AFFINITY_ENTRIES = 10_000  # conversations remembered per DX process (least recent dropped)
 
 
@@ -165,16 +167,24 @@ class Router:
 
     @asynccontextmanager
     async def acquire(
-        self, model: str, affinity: str | None = None, key: str = ""
+        self,
+        model: str,
+        affinity: str | None = None,
+        key: str = "",
+        notify: Notify | None = None,
     ) -> AsyncIterator[Replica]:
-        replica = await self._wait_for_replica(model, affinity, key)
+        """A replica for one request. `notify(seconds)` is awaited now and then while the
+        request waits more than a moment (to keep a streaming client's reply alive)."""
+        replica = await self._wait_for_replica(model, affinity, key, notify)
         try:
             yield replica
         finally:
             replica.in_flight -= 1
             self._dispatch(model)
 
-    async def _wait_for_replica(self, model: str, affinity: str | None, key: str) -> Replica:
+    async def _wait_for_replica(
+        self, model: str, affinity: str | None, key: str, notify: Notify | None = None
+    ) -> Replica:
         queue = self._queues.setdefault(model, FairQueue())
         if not queue:  # the fast path: no one waits before us
             replica = self._pick(model, affinity)
@@ -195,7 +205,7 @@ class Router:
         if spec is not None and not any(r.state is EngineState.READY for r in replicas):
             timeout = max(timeout, spec.startup_timeout)  # the model is loading: its start
         try:
-            done, _ = await asyncio.wait({waiter.future}, timeout=timeout)
+            done = await self._wait(waiter, timeout, notify)
         except asyncio.CancelledError:  # the client left while waiting
             self._abandon(model, waiter)
             raise
@@ -206,6 +216,22 @@ class Router:
                 f"replica of '{model}' (raise limits.queue_timeout, or add replicas)"
             )
         return waiter.future.result()  # or the Unavailable that _dispatch set
+
+    @staticmethod
+    async def _wait(waiter: _Waiter, within: float, notify: Notify | None) -> bool:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + within
+        notice = start + NOTICE_AFTER
+        while (now := loop.time()) < deadline:
+            until = deadline if notify is None else min(deadline, notice)
+            done, _ = await asyncio.wait({waiter.future}, timeout=until - now)
+            if done:
+                return True
+            if notify is not None and loop.time() >= notice:
+                await notify(loop.time() - start)
+                notice += NOTICE_EVERY
+        return waiter.future.done()
 
     def _abandon(self, model: str, waiter: _Waiter) -> None:
         future = waiter.future

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
+from dxproxy.early import NOTICE_AFTER, NOTICE_EVERY, EarlyStream
 from dxproxy.errors import ApiError, dialect_of
 from dxproxy.keys import CONFIG, QUEUE_WAIT, REPLICA, ROUTER, SESSION
 from dxproxy.keystore import API_KEY
@@ -108,20 +110,32 @@ class EngineCall:
 
 @asynccontextmanager
 async def call_engine(
-    request: web.Request, model: ModelConfig, path: str, payload: dict[str, Any], started_ns: int
+    request: web.Request,
+    model: ModelConfig,
+    path: str,
+    payload: dict[str, Any],
+    started_ns: int,
+    early: EarlyStream | None = None,
 ) -> AsyncIterator[EngineCall]:
     """Acquire a replica, POST `payload` to it, yield the engine's 2xx response.
 
     Engine refusals become ApiErrors in the caller's dialect. Leaving the block early (the
-    client went away) closes the engine connection, which cancels the generation.
+    client went away) closes the engine connection, which cancels the generation. With
+    `early`, a wait of more than a moment (the model loads) starts the streamed reply and
+    keeps it alive.
     """
     try:
         affinity = conversation_key(payload) if model.affinity and model.replicas > 1 else None
         loader = request.app[LOADER]
-        await loader.ensure(model)  # an on-demand model not loaded yet starts now
+        router = request.app[ROUTER]
         key = request.get(API_KEY)  # the unit of fairness in the queue
-        async with request.app[ROUTER].acquire(
-            model.name, affinity, key.name if key else ""
+
+        async def wait() -> None:
+            await loader.ensure(model)  # an on-demand model not loaded yet starts now
+
+        await _with_notices(wait(), early)
+        async with router.acquire(
+            model.name, affinity, key.name if key else "", notify=early.waiting if early else None
         ) as replica:
             sent_ns = time.monotonic_ns()
             request[REPLICA] = replica.id
@@ -143,6 +157,24 @@ async def call_engine(
                 loader.used(model, request)  # its keep-alive counts from now
     except Unavailable as exc:
         raise ApiError(exc.status, exc.message) from None
+
+
+async def _with_notices(work: Awaitable[None], early: EarlyStream | None) -> None:
+    if early is None:
+        await work
+        return
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=NOTICE_AFTER)
+        waited = NOTICE_AFTER
+        while not done:
+            await early.waiting(waited)
+            done, _ = await asyncio.wait({task}, timeout=NOTICE_EVERY)
+            waited += NOTICE_EVERY
+    finally:
+        if not task.done():
+            task.cancel()
+    task.result()
 
 
 def conversation_key(payload: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from dxproxy.api.common import call_engine, read_json, resolve_model, stream_cut
 from dxproxy.api.embeddings import embed, to_base64
 from dxproxy.api.usage import report_usage, usage_of
 from dxproxy.config import ModelConfig
+from dxproxy.early import EarlyStream
 from dxproxy.errors import ApiError, error_body, json_response
 from dxproxy.keys import CATALOG
 from dxproxy.schemas import (
@@ -112,17 +113,16 @@ async def _relay(
     body["model"] = model.name  # aliases and ":latest" spellings reach the engine by one name
     if stream:
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    async with call_engine(request, model, path, body, started) as call:
+    early = loading_stream(request, model) if stream else None
+    async with call_engine(request, model, path, body, started, early) as call:
         if not stream:
             payload = await call.response.read()
             # Relayed as the engine sent it, even when it is not JSON: the client sees that.
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
                 report_usage(request, *usage_of(orjson.loads(payload).get("usage")))
             return web.Response(body=payload, content_type="application/json")
-        out = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await out.prepare(request)
+        assert early is not None
+        out = await early.response()
         relay = _UsageRelay(strip=not wants_usage)
         pending = b""
         while True:
@@ -188,5 +188,18 @@ class _UsageRelay:
         return b"\n".join(lines)
 
 
-def _sse_error(message: str) -> bytes:
-    return b"data: " + error_body("openai", 502, message) + b"\n\n"
+def loading_stream(request: web.Request, model: ModelConfig) -> EarlyStream:
+    """The SSE reply, started early while the model loads (dxproxy/early.py): comment lines,
+    which SSE clients skip, until the engine answers."""
+
+    def notice(seconds: float) -> bytes:
+        return f": loading model {model.name} ({seconds:.0f} s)\n\n".encode()
+
+    def error(status: int, message: str) -> bytes:
+        return _sse_error(message, status)
+
+    return EarlyStream(request, "text/event-stream", notice, error)
+
+
+def _sse_error(message: str, status: int = 502) -> bytes:
+    return b"data: " + error_body("openai", status, message) + b"\n\n"

@@ -23,6 +23,7 @@ from dxproxy.api.common import EngineStreamError, call_engine, sse_events, strea
 from dxproxy.api.usage import report_usage
 from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
+from dxproxy.early import EarlyStream
 from dxproxy.errors import ApiError, json_response
 
 NDJSON = "application/x-ndjson"
@@ -144,11 +145,9 @@ async def relay_stream(
     reply = Reply(chat, display_name(model.name))
     payload["stream"] = True
     payload["stream_options"] = {"include_usage": True}  # the engine's token counts
-    async with call_engine(request, model, path, payload, started) as call:
-        out: web.StreamResponse | None = None
-        if not collect:
-            out = web.StreamResponse(headers={"Content-Type": NDJSON})
-            await out.prepare(request)
+    early = None if collect else loading_stream(request, reply)
+    async with call_engine(request, model, path, payload, started, early) as call:
+        out = None if early is None else await early.response()
         events = sse_events(call.response)
         while True:
             try:
@@ -189,6 +188,20 @@ async def relay_stream(
             return json_response(final)
         await out.write(orjson.dumps(final) + b"\n")
         return out
+
+
+def loading_stream(request: web.Request, reply: Reply) -> EarlyStream:
+    """The NDJSON reply, started early while the model loads (dxproxy/early.py)."""
+
+    def notice(seconds: float) -> bytes:
+        chunk = reply.chunk("", done=False)
+        chunk["status"] = f"loading model ({seconds:.0f} s)"  # clients ignore what they do not know
+        return orjson.dumps(chunk) + b"\n"
+
+    def error(status: int, message: str) -> bytes:
+        return orjson.dumps({"error": message}) + b"\n"
+
+    return EarlyStream(request, NDJSON, notice, error)
 
 
 async def reply_once(
