@@ -23,9 +23,12 @@ list of models that should run.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psutil
@@ -53,6 +56,7 @@ class Loader:
         self._off: set[str] = set()  # models loaded at start, unloaded by a request
         self._keep: dict[str, float] = {}  # the last request's keep_alive, seconds
         self._loading: set[str] = set()
+        self._users: collections.Counter[str] = collections.Counter()  # requests holding it
         self._estimates: dict[ModelConfig, int] = {}
         self._lock = asyncio.Lock()
 
@@ -80,6 +84,19 @@ class Loader:
         return time.time() + (last + keep - time.monotonic())
 
     # -- requests ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def hold(self, model: ModelConfig, request: web.Request) -> AsyncIterator[None]:
+        """For one request's whole life: the model is loaded (`ensure`) and is not unloaded to
+        make room for another until the request ends (even before it reaches the queue)."""
+        self._users[model.name] += 1
+        try:
+            yield
+        finally:
+            self._users[model.name] -= 1
+            if not self._users[model.name]:
+                del self._users[model.name]
+            self.used(model, request)
 
     async def ensure(self, model: ModelConfig) -> None:
         """Make sure the model's engines run or are starting (the request then waits in the
@@ -152,7 +169,9 @@ class Loader:
         await self.app[SUPERVISOR].apply(self.desired(self.app[CONFIG]), wait=True)
 
     def _idle(self, model: ModelConfig) -> bool:
-        if model.name in self._loading or self.app[ROUTER].waiting(model.name):
+        if model.name in self._loading or model.name in self._users:
+            return False
+        if self.app[ROUTER].waiting(model.name):
             return False
         return all(r.in_flight == 0 for r in self.app[SUPERVISOR].replicas(model.name))
 

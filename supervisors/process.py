@@ -37,11 +37,13 @@ FAILURE_WINDOW = 600.0
 BACKOFF_FIRST = 1.0  # seconds before the first restart, doubling after each failure
 BACKOFF_MAX = 60.0
 # While ready: a probe every LIVENESS_INTERVAL s; LIVENESS_FAILURES in a row unanswered
-# within LIVENESS_TIMEOUT s each mean the engine hangs. A busy engine still answers: its
-# HTTP server runs beside the generation.
+# within LIVENESS_TIMEOUT s each mean the engine hangs. A busy engine still answers (its HTTP
+# server runs beside the generation), but on a saturated CPU it may answer late: with
+# requests in flight it gets LIVENESS_FAILURES_BUSY misses before it is killed.
 LIVENESS_INTERVAL = 2.0
-LIVENESS_TIMEOUT = 3.0
+LIVENESS_TIMEOUT = 5.0
 LIVENESS_FAILURES = 2
+LIVENESS_FAILURES_BUSY = 4
 TAIL_LINES = 50  # engine output lines kept with an error
 RING_LINES = 2000  # engine output lines kept in memory (the admin API shows them)
 PORT_RETRIES = 3  # another process took the port between DX choosing it and the engine
@@ -360,7 +362,7 @@ class Replica:
                 if self._proc.returncode is not None:
                     continue  # it died meanwhile: reported as an exit on the next turn
                 missed += 1
-                if missed >= LIVENESS_FAILURES:
+                if missed >= (LIVENESS_FAILURES_BUSY if self.in_flight else LIVENESS_FAILURES):
                     return (
                         f"stopped answering its health check ({self.adapter.live_path} "
                         f"unanswered {missed} times in a row, {LIVENESS_TIMEOUT:.0f} s each): "

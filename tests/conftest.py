@@ -151,7 +151,7 @@ def dx_fake(tmp_path: Path) -> Iterator[DxProcess]:
 
 @pytest.fixture(scope="session")
 def dx_real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DxProcess]:
-    """DX in front of real llama.cpp (llama-cpp-python) serving SmolLM2, for the whole session."""
+    """DX in front of real llama.cpp (llama-server) serving SmolLM2, for the whole session."""
     model = {"engine": "llamacpp", "model": str(smollm2_path()), "context": 2048,
              "aliases": ["smol"]}
     dx = start_dx(tmp_path_factory.mktemp("real"), {"smollm2": model}, wait=120)

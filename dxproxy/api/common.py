@@ -130,31 +130,33 @@ async def call_engine(
         router = request.app[ROUTER]
         key = request.get(API_KEY)  # the unit of fairness in the queue
 
-        async def wait() -> None:
-            await loader.ensure(model)  # an on-demand model not loaded yet starts now
-
-        await _with_notices(wait(), early)
-        async with router.acquire(
-            model.name, affinity, key.name if key else "", notify=early.waiting if early else None
-        ) as replica:
-            sent_ns = time.monotonic_ns()
-            request[REPLICA] = replica.id
-            request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
-            resp = await _post(request.app[SESSION], replica, model, path, orjson.dumps(payload))
-            try:
-                if resp.status >= 400:
-                    raise engine_error(model.name, resp.status, await resp.read())
-                yield EngineCall(replica, resp, sent_ns - started_ns, sent_ns)
-            finally:
-                if payload.get("stream"):
-                    # llama-server closes its side after every streamed reply, without a
-                    # `Connection: close`: a pooled connection would fail the next request.
-                    resp.close()
-                else:
-                    # Fully read: the connection goes back to the pool. Not fully read (the
-                    # client left, or an error): it is closed, and the engine stops.
-                    resp.release()
-                loader.used(model, request)  # its keep-alive counts from now
+        # The model stays loaded (not evicted for another) until this request ends.
+        async with loader.hold(model, request):
+            await _with_notices(loader.ensure(model), early)  # on demand: it starts now
+            async with router.acquire(
+                model.name,
+                affinity,
+                key.name if key else "",
+                notify=early.waiting if early else None,
+            ) as replica:
+                sent_ns = time.monotonic_ns()
+                request[REPLICA] = replica.id
+                request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
+                body = orjson.dumps(payload)
+                resp = await _post(request.app[SESSION], replica, model, path, body)
+                try:
+                    if resp.status >= 400:
+                        raise engine_error(model.name, resp.status, await resp.read())
+                    yield EngineCall(replica, resp, sent_ns - started_ns, sent_ns)
+                finally:
+                    if payload.get("stream"):
+                        # llama-server closes its side after every streamed reply, without a
+                        # `Connection: close`: a pooled connection would fail the next one.
+                        resp.close()
+                    else:
+                        # Fully read: the connection goes back to the pool. Not fully read
+                        # (the client left, or an error): closed, and the engine stops.
+                        resp.release()
     except Unavailable as exc:
         raise ApiError(exc.status, exc.message) from None
 

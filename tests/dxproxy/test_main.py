@@ -31,7 +31,8 @@ def test_config_check(tmp_path: Path) -> None:
     bad.write_text(f"models:\n  qwen:\n    engine: vlm\n    model: {gguf}\n")
     fail = run("config", "check", str(bad))
     assert fail.returncode == 1
-    assert f"{bad}: models.qwen.engine: expected one of llamacpp, llama-cpp-python, vllm; got 'vlm'" in fail.stderr
+    expected = "models.qwen.engine: expected one of llamacpp, llama-cpp-python, vllm; got 'vlm'"
+    assert f"{bad}: {expected}" in fail.stderr
     missing = run("config", "check", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 1 and "cannot read the config" in missing.stderr
 

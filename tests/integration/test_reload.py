@@ -169,13 +169,13 @@ def test_a_removed_model_finishes_in_flight_requests_then_404(dx: DxProcess) -> 
     def long_request() -> None:
         resp = httpx.post(dx.url + "/api/generate", headers=dx.auth, timeout=120, json={
             "model": "extra", "prompt": "Tell a long story.", "stream": False,
-            "options": {"num_predict": 200, "temperature": 0.8}})
+            "options": {"num_predict": 64, "temperature": 0.8}})
         result["status"], result["body"] = resp.status_code, resp.json()
 
     with Load(dx, "smollm2") as load:
         worker = threading.Thread(target=long_request)
         worker.start()
-        time.sleep(1.0)  # the long request is being generated
+        time.sleep(0.5)  # the long request is being generated
         write_config(dx, {"smollm2": smollm2(args=["--temp", "0.5"])})
         worker.join(120)
         wait_reloads(dx, ok=3)
