@@ -19,3 +19,5 @@ CATALOG = web.AppKey("dx.catalog", Catalog)
 # Per request, set when an engine replica is chosen (for the access log and metrics).
 REPLICA = web.RequestKey("dx.replica", str)
 QUEUE_WAIT = web.RequestKey("dx.queue_wait", float)  # seconds spent waiting for a replica
+# The configured model a request resolved to (its name, not the caller's spelling).
+MODEL = web.RequestKey("dx.model", str)

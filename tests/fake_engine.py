@@ -196,6 +196,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    text = ("# HELP fake:requests_total Requests started.\n# TYPE fake:requests_total counter\n"
+            f"fake:requests_total {stats['requests']}\n"
+            "# HELP process_cpu_seconds_total Not re-exported (no namespace).\n"
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.0\n")
+    return web.Response(text=text, content_type="text/plain")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -211,6 +219,7 @@ def main() -> None:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", models)  # what DX probes on llama-server and vLLM
     app.router.add_get("/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)  # as llama-server's --metrics, for DX to re-export
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
