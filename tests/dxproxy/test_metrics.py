@@ -4,6 +4,7 @@ exposition parsed with prometheus_client's parser, values moving with real traff
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -78,6 +79,12 @@ def test_metrics_move_with_traffic_and_need_an_admin_key(tmp_path: Path) -> None
         assert value(after, "dx_engine_metrics_up", **ids) == 1
         assert value(after, "fake:requests_total", **ids) == 3
         assert value(after, "process_cpu_seconds_total") > 0  # DX's own, once
+        # Every DX metric the Grafana dashboard plots exists (GPUs: none on this machine).
+        dashboard = (Path(__file__).parents[2] / "config" / "grafana-dashboard.json").read_text()
+        names = {n for (n, _) in after}
+        plotted = set(re.findall(r"\b(dx_[a-z_]+)", dashboard)) - {"dx_gpu_memory_used_bytes",
+                      "dx_gpu_memory_total_bytes", "dx_gpu_utilization_ratio"}
+        assert plotted and plotted <= names, plotted - names
     finally:
         dx.stop()
 
