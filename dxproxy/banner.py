@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass
 
 import psutil
 
-from dxproxy import __version__
+from dxproxy import __version__, logsetup
 from dxproxy.auth import KeyFile
 from dxproxy.catalog import display_name
 from dxproxy.config import Config
 from supervisors.process import Replica
 from supervisors.states import EngineState
+from supervisors.supervisor import Supervisor
 
 FAILED_TAIL = 5  # engine output lines shown under a model that failed to start
+# While engines start: a live line redrawn this often on a terminal, else a log line this often.
+PROGRESS_LIVE_S = 1.0
+PROGRESS_LOG_S = 10.0
+
+log = logging.getLogger("dx.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +111,35 @@ def model_lines(
             )
             lines += why
     return lines
+
+
+def progress_text(config: Config, supervisor: Supervisor, now: float) -> str:
+    """Each replica's state during start-up: "starting: smollm2 ready, big starting 45 s"."""
+    parts = []
+    for m in config.models:
+        for r in supervisor.replicas(m.name):
+            name = display_name(m.name) + (f" #{r.index}" if m.replicas > 1 else "")
+            if r.state is EngineState.STARTING and r.started_at:
+                parts.append(f"{name} starting {now - r.started_at:.0f} s")
+            else:
+                parts.append(f"{name} {r.state}")
+    return "starting: " + (", ".join(parts) or "no engines")
+
+
+async def show_progress(config: Config, supervisor: Supervisor) -> None:
+    """Until cancelled: the engines' start-up progress (vLLM takes minutes). A live line on a
+    terminal, redrawn every second and removed at the end; a log line every 10 s otherwise.
+    Quiet for the first interval, so a fast start shows only the banner."""
+    console = logsetup.console
+    live = console is not None and console.live
+    try:
+        while True:
+            await asyncio.sleep(PROGRESS_LIVE_S if live else PROGRESS_LOG_S)
+            text = progress_text(config, supervisor, time.time())
+            if live and console is not None:
+                console.status(text)
+            else:
+                log.info("%s", text)
+    finally:
+        if live and console is not None:
+            console.status("")

@@ -5,10 +5,9 @@ format follows stderr: a terminal gets `time LEVEL logger: message`, anything el
 object per line (`ts`, `level`, `logger`, `msg`, `exc`; access-log records carry their fields
 instead of `msg`, see dxproxy/access.py), which journald, Loki or jq take as is.
 
-On a terminal, the console handler can also hold a live status line at the bottom (the
-engines' start-up progress): a log line arriving meanwhile is printed above it, and records
-below WARNING can be held back while the start-up banner is being assembled, so the banner
-reads as one block (`hold()` / `release()`).
+On a terminal, the console handler can also keep a live status line at the bottom (the
+engines' start-up progress, dxproxy/banner.py): a log line arriving meanwhile is printed
+above it, and the line is redrawn below.
 """
 
 from __future__ import annotations
@@ -48,13 +47,8 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
         super().__init__(stream)
         self.live = live  # a terminal: the status line is redrawn in place
         self._status = ""
-        self._holding = False
-        self._held: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self._holding and record.levelno < logging.WARNING:
-            self._held.append(record)
-            return
         if self._status:
             self._write("\r\x1b[K")
         super().emit(record)
@@ -74,16 +68,6 @@ class ConsoleHandler(logging.StreamHandler[TextIO]):
             return
         self._write("\r\x1b[K" + text)
         self._status = text
-
-    def hold(self) -> None:
-        """Keep records below WARNING back until release()."""
-        self._holding = True
-
-    def release(self) -> None:
-        self._holding = False
-        held, self._held = self._held, []
-        for record in held:
-            self.emit(record)
 
 
 console: ConsoleHandler | None = None

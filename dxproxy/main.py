@@ -7,7 +7,7 @@ import sys
 import click
 import uvloop
 
-from dxproxy import __version__, logsetup
+from dxproxy import __version__, cli_ps, logsetup
 from dxproxy.auth import ensure_api_key
 from dxproxy.cli_keys import keys
 from dxproxy.cli_logs import logs
@@ -123,3 +123,5 @@ def _load(path: str | None) -> Config:
 cli.add_command(doctor)
 cli.add_command(import_ollama)
 cli.add_command(logs)  # dx logs MODEL [--follow]
+cli.add_command(cli_ps.ps)  # dx ps [--watch]
+cli.add_command(cli_ps.models)  # dx models

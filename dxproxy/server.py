@@ -113,11 +113,16 @@ class Server:
             slowest = max((m.startup_timeout for m in self.config.models), default=0.0)
             self.notifier.extend_timeout(slowest + 30)
             self.notifier.status(f"starting {len(supervisor.all_replicas())} engine(s)")
-            for line in banner.header(self.config, await hardware, self.key):
-                self.out(line)
             settled = asyncio.create_task(supervisor.wait_settled())
             stop = asyncio.create_task(self.should_exit.wait())
+            progress = asyncio.create_task(banner.show_progress(self.config, supervisor))
             await asyncio.wait({settled, stop}, return_when=asyncio.FIRST_COMPLETED)
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
+            # The banner in one block, once the engines settled (or a stop cut the start
+            # short: the header still shows, with a new key's one showing).
+            for line in banner.header(self.config, await hardware, self.key):
+                self.out(line)
             if settled.done():
                 replicas = {m.name: supervisor.replicas(m.name) for m in self.config.models}
                 notes = supervisor.placement_notes
