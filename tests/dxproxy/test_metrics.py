@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dxproxy.access import request_id
@@ -25,9 +26,9 @@ def scrape(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, f
     return out
 
 
-def value(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+def value(samples: dict[tuple[str, frozenset], float], metric: str, /, **labels: str) -> float:
     want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+    return sum(v for (n, ls), v in samples.items() if n == metric and want <= ls)
 
 
 def test_metrics_move_with_traffic_and_need_an_admin_key(tmp_path: Path) -> None:
@@ -162,3 +163,36 @@ def test_request_id_cleaning() -> None:
     assert len(request_id("x" * 500)) == 128
     assert len(request_id("") or "") == 16 and request_id(None) != request_id(None)
     assert len(request_id("\n\n")) == 16
+
+
+def test_gpu_metrics_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML's answers become dx_gpu_* gauges (pynvml replaced: this machine has no GPU)."""
+    import asyncio
+    import sys
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from dxproxy.config import load_default_config
+    from dxproxy.metrics import Metrics
+
+    fake = SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: "NVIDIA H100 80GB HBM3",
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=(h + 1) * 2**30, total=80 * 2**30),
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=50 * h),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    m = Metrics(load_default_config())
+    m.live.gpus = asyncio.run(m.gpus.read())
+    samples = {}
+    for fam in text_string_to_metric_families(generate_latest(m.registry).decode()):
+        for s in fam.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    one = {"gpu": "1", "name": "NVIDIA H100 80GB HBM3"}
+    assert value(samples, "dx_gpu_memory_used_bytes", **one) == 2 * 2**30
+    assert value(samples, "dx_gpu_memory_total_bytes", **one) == 80 * 2**30
+    assert value(samples, "dx_gpu_utilization_ratio", **one) == 0.5
+    assert value(samples, "dx_gpu_utilization_ratio", gpu="0") == 0
