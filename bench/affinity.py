@@ -7,7 +7,8 @@ A conversation's later turns repeat its earlier ones; the replica that served th
 them in its prompt cache and reads only the new turn. Without affinity, least-busy routing
 sends a follow-up to either replica, and the other one reads the whole conversation again.
 The bench runs the same chats twice (`affinity: true`, then `affinity: false`), 4 at a time,
-each turn streamed, with a long system prompt (what makes re-reading expensive), and reports
+each turn streamed, each with a long system prompt of its own (what makes re-reading
+expensive), and reports
 time to first token of the follow-up turns (the first turn is the same in both runs).
 """
 
@@ -26,11 +27,17 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concurrency import SMOLLM2, Dx, pct, run_dx
 
-SYSTEM = "You are a patient assistant for a railway museum. " + " ".join(
-    f"Fact {i}: the museum's locomotive number {i} was built in {1850 + i} and ran "
-    f"{100 + 7 * i} kilometres a day on the line to the coast."
-    for i in range(24)
-)
+
+def system(n: int) -> str:
+    """A long system prompt of its own for each conversation (its documents, say): what a
+    replica that never saw the conversation must read again."""
+    return f"You are a patient assistant for railway museum number {n}. " + " ".join(
+        f"Fact {i}: museum {n}'s locomotive number {i} was built in {1850 + i + n} and ran "
+        f"{100 + 7 * i + n} kilometres a day on the line to the coast."
+        for i in range(24)
+    )
+
+
 QUESTIONS = [
     "Which locomotive is oldest?",
     "And the newest?",
@@ -40,7 +47,7 @@ QUESTIONS = [
 
 
 async def chat(session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float]) -> None:
-    messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}]
+    messages: list[dict[str, str]] = [{"role": "system", "content": system(n)}]
     for turn, q in enumerate(QUESTIONS):
         messages.append({"role": "user", "content": f"(visitor {n}) {q}"})
         body = {
@@ -101,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine == "llamacpp":
             model["parallel"] = 4
         with run_dx(f"affinity {affinity}", model, timeout=300) as dx:
-            asyncio.run(run(dx, 2))  # warm-up, other chats
             ttft = asyncio.run(run(dx, args.chats))
         rows.append((affinity, ttft))
         print(

@@ -18,7 +18,7 @@ from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
 from dxproxy.early import NOTICE_AFTER, NOTICE_EVERY, EarlyStream
 from dxproxy.errors import ApiError, dialect_of
-from dxproxy.keys import CONFIG, QUEUE_WAIT, REPLICA, ROUTER, SESSION
+from dxproxy.keys import CONFIG, MODEL, QUEUE_WAIT, REPLICA, ROUTER, SESSION
 from dxproxy.keystore import API_KEY
 from dxproxy.loader import LOADER
 from dxproxy.router import Unavailable
@@ -97,6 +97,7 @@ def resolve_model(request: web.Request, name: Any) -> ModelConfig:
                 code="model_not_found",
             )
         raise ApiError(404, f"model '{name}' not found; available models: {available}")
+    request[MODEL] = model.name  # for the access log and metrics
     return model
 
 
