@@ -104,6 +104,16 @@ def table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def expiry(at: float | None, loaded: bool) -> str:
+    """When an idle model unloads: "in 4m32s", "never" (loaded at start), "-" (not loaded)."""
+    if not loaded:
+        return "-"
+    if at is None:
+        return "never"
+    left = max(0, int(at - time.time()))
+    return f"in {left // 60}m{left % 60:02d}s"
+
+
 def ps_lines(models: list[dict[str, Any]]) -> list[str]:
     rows = [["MODEL", "REPLICA", "STATE", "ENGINE", "DEVICE", "MEMORY", "REQUESTS", "WAITING",
              "RESTARTS", "EXPIRES"]]  # fmt: skip
@@ -123,7 +133,7 @@ def ps_lines(models: list[dict[str, Any]]) -> list[str]:
                     f"{r.get('in_flight', 0)}/{r.get('capacity', 0)}",
                     str(m.get("waiting", 0)),
                     str(r.get("restarts", 0)),
-                    "-",  # models do not expire yet: they stay loaded while DX runs
+                    expiry(m.get("expires_at"), bool(m["replicas"])),
                 ]
             )
     return table(rows)

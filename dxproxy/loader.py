@@ -37,6 +37,7 @@ from aiohttp import web
 from dxproxy.config import Config, ModelConfig, parse_duration
 from dxproxy.keys import CONFIG, ROUTER, SUPERVISOR
 from dxproxy.memory import Estimate, estimate, gib
+from dxproxy.metrics import count_swap
 from dxproxy.router import Unavailable
 from supervisors.spec import EngineSpec
 from supervisors.states import EngineState
@@ -112,6 +113,7 @@ class Loader:
             try:
                 await self._make_room(model)
                 log.info("%s: loading (requested)", model.name)
+                count_swap(model.name, "load")
                 self._off.discard(model.name)
                 if model.load == "on_demand":
                     self._on[model.name] = time.monotonic()
@@ -149,6 +151,7 @@ class Loader:
             if not self.running(model):
                 return
             log.info("%s: unloading", model.name)
+            count_swap(model.name, "unload")
             self._on.pop(model.name, None)
             if model.load == "start":
                 self._off.add(model.name)
@@ -209,6 +212,7 @@ class Loader:
             if idle:
                 victim = idle[0]
                 log.info("%s: unloading %s (idle) to make room", model.name, victim.name)
+                count_swap(victim.name, "evict")
                 self._on.pop(victim.name, None)
                 await self._apply()  # waits until it is stopped and its memory is back
                 continue

@@ -71,6 +71,15 @@ def count_reload(ok: bool) -> None:
     _reloads["ok" if ok else "failed"] += 1
 
 
+# Models loaded and unloaded by the loader (on demand, idle, evicted to make room), by model.
+_swaps: dict[tuple[str, str], int] = {}
+
+
+def count_swap(model: str, event: str) -> None:
+    """`event`: "load" (started on demand), "unload" (idle or asked), "evict" (for room)."""
+    _swaps[(model, event)] = _swaps.get((model, event), 0) + 1
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSample:
     index: int
@@ -223,6 +232,14 @@ class _Live(Collector):
         for result, n in _reloads.items():
             reloads.add_metric([result], n)
         yield reloads
+        swaps = CounterMetricFamily(
+            "dx_model_swaps",
+            "Models loaded on demand, unloaded when idle or asked, or evicted to make room.",
+            labels=["model", "event"],
+        )
+        for (model, event), n in _swaps.items():
+            swaps.add_metric([model, event], n)
+        yield swaps
         yield from self._models()
         yield from self._gpus()
 

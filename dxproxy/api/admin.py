@@ -14,6 +14,7 @@ from aiohttp import web
 from dxproxy.catalog import display_name
 from dxproxy.errors import ApiError, json_response
 from dxproxy.keys import CONFIG, ROUTER, SUPERVISOR
+from dxproxy.loader import LOADER
 from dxproxy.reload import RELOADER
 from supervisors.process import TAIL_LINES, Replica
 
@@ -35,6 +36,9 @@ async def models(request: web.Request) -> web.Response:
                 "engine": m.spec().kind,
                 "device": m.device,
                 "placement_note": supervisor.placement_notes.get(m.name, ""),
+                "load": m.load,
+                # Unix time it unloads if it stays idle; null: it stays loaded.
+                "expires_at": request.app[LOADER].expires_at(m),
                 "waiting": router.waiting(m.name),
                 "replicas": [replica(r, lines) for r in supervisor.replicas(m.name)],
             }

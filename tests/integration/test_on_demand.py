@@ -68,6 +68,8 @@ def test_nothing_runs_before_its_first_request(dx: DxProcess) -> None:
     assert ready.status_code == 200  # on-demand models are not waited for
     assert "smollm2:latest" in [m["name"] for m in
                                 httpx.get(dx.url + "/api/tags", headers=dx.auth).json()["models"]]
+    swaps = httpx.get(dx.url + "/metrics", headers=dx.auth).text
+    assert "dx_model_swaps_total" not in swaps or 'event="evict"' not in swaps
 
 
 def test_alternating_models_swap_within_the_budget_and_every_request_succeeds(
@@ -110,6 +112,11 @@ def test_keep_alive_expiry_stops_the_engine_and_frees_its_memory(dx: DxProcess) 
     ps = httpx.get(dx.url + "/api/ps", headers=dx.auth).json()["models"]
     entry = next(m for m in ps if m["name"] == "brief:latest")
     assert entry["expires_at"] < "2100"  # a real expiry, seconds away, not "forever"
+    admin = httpx.get(dx.url + "/admin/models", headers=dx.auth).json()["models"]
+    brief = next(m for m in admin if m["name"] == "brief:latest")
+    assert brief["load"] == "on_demand" and 0 < brief["expires_at"] - time.time() <= 2.5
+    metrics = httpx.get(dx.url + "/metrics", headers=dx.auth).text
+    assert 'dx_model_swaps_total{event="load",model="brief"}' in metrics
     deadline = time.monotonic() + 15
     while "brief" in running(dx) and time.monotonic() < deadline:
         time.sleep(0.2)
