@@ -26,7 +26,7 @@ def test_ps_and_models(tmp_path: Path) -> None:
             cols = row.split()
             assert cols[:5] == ["fake:latest", f"fake#{i}", "ready", "llama-server", "cpu"]
             assert cols[5] != "-" and cols[6] == "MiB"  # the engine's RSS, read with psutil
-            assert cols[7:] == ["0/1", "0", "0", "-"]
+            assert cols[7:] == ["0/1", "0", "0", "never"]  # loaded at start: no expiry
 
         models = dx_cli("models", "--config", config)
         assert models.returncode == 0, models.stderr
