@@ -13,6 +13,7 @@ from dxproxy import __version__, logsetup
 from dxproxy.auth import KeyFile
 from dxproxy.catalog import display_name
 from dxproxy.config import Config
+from supervisors.placement import Inventory
 from supervisors.process import Replica
 from supervisors.states import EngineState
 from supervisors.supervisor import Supervisor
@@ -41,25 +42,11 @@ class Hardware:
         return f"{self.cpus} CPU cores, {self.ram_bytes / 2**30:.1f} GiB RAM, {gpus}"
 
 
-def detect_hardware() -> Hardware:
-    """Blocking (NVML can take a moment): call it off the event loop."""
-    gpus: list[str] = []
-    note = ""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                name = pynvml.nvmlDeviceGetName(handle)
-                mem = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-                gpus.append(f"GPU {i}: {name} ({mem / 2**30:.1f} GiB)")
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:  # NVMLError, missing libnvidia-ml: both mean "no usable GPU"
-        note = f"NVML: {exc}"
-    return Hardware(psutil.cpu_count() or 1, psutil.virtual_memory().total, tuple(gpus), note)
+def detect_hardware(inventory: Inventory) -> Hardware:
+    """The machine as the banner tells it: cores and RAM (psutil), and the GPUs NVML listed
+    for the supervisor's placement."""
+    gpus = tuple(f"GPU {g.index}: {g.name} ({g.total / 2**30:.1f} GiB)" for g in inventory.gpus)
+    return Hardware(psutil.cpu_count() or 1, psutil.virtual_memory().total, gpus, inventory.note)
 
 
 def header(config: Config, hw: Hardware, key: KeyFile | None) -> list[str]:

