@@ -1,16 +1,20 @@
 """Which models run now: those loaded at start, and on-demand ones (`load: on_demand`) from
 their first request until they have been idle for their keep-alive.
 
-- A request for a model that is not running loads it (`ensure`) and waits for it, bounded by
-  the model's `startup_timeout` (the router's queue).
+- Every request takes a `Ticket` for its model (`hold`) and waits its turn (`wait`). A model
+  that serves admits it at once. Otherwise the request waits in line and the loader's one
+  task (`run`) loads the model of the longest-waiting request, one model at a time, then
+  admits all of that model's waiting requests in one step (bounded by the model's
+  `startup_timeout`; the router then queues them for a replica).
 - Loading needs room: at most `limits.max_loaded_models` models, and the estimated memory of
   the models loaded on a device (dxproxy/memory.py, or a model's `memory:`) within that
   device's budget (`limits.memory_budget`; default 80 % of the RAM, 90 % of a GPU). Idle
   on-demand models on that device are unloaded first, least recently used first, never one
-  with requests in flight or waiting. When the others are busy, the load waits for them to
-  finish their queue (requests are served in batches per model, not swapped to and fro) until
-  its start timeout; then, and when nothing can ever make room, a 503 says the need and the
-  budget.
+  with requests admitted. A busy one gives way after its batch: the requests it admitted
+  finish, later ones for it wait in line behind the load (so two models that cannot coexist
+  are served in batches, not swapped to and fro, and neither starves). When unloading every
+  candidate would not be enough, or the wait passes the start timeout, a 503 says the need
+  and the budget.
 - Keep-alive: `models.NAME.keep_alive` (default 5m; negative: forever), or the last request's
   Ollama `keep_alive`. `/api/generate` with an empty prompt loads a model; with
   `keep_alive: 0` it unloads it (any model: one loaded at start comes back at its next
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -50,6 +55,20 @@ GPU_SHARE = 0.9  # of a GPU's memory
 EXPIRY_CHECK = 1.0  # seconds between looks for idle models to unload
 
 
+class Ticket:
+    """One request's claim on its model: it waits for its turn (the model loaded and not
+    giving way to another), then keeps the model loaded until the request ends."""
+
+    __slots__ = ("admitted", "future", "model", "seq")
+    _next = itertools.count()
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.admitted = False
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.seq = next(Ticket._next)  # first come, first loaded
+
+
 class Loader:
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -57,9 +76,12 @@ class Loader:
         self._off: set[str] = set()  # models loaded at start, unloaded by a request
         self._keep: dict[str, float] = {}  # the last request's keep_alive, seconds
         self._loading: set[str] = set()
-        self._users: collections.Counter[str] = collections.Counter()  # requests holding it
+        self._users: collections.Counter[str] = collections.Counter()  # admitted requests
+        self._waiting: dict[str, list[Ticket]] = {}  # requests for models not serving now
+        self._yielding: set[str] = set()  # models that finish their batch, then give way
         self._estimates: dict[ModelConfig, int] = {}
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one load or unload at a time
+        self._wanted = asyncio.Event()  # a request waits for a load
 
     # -- what runs -------------------------------------------------------------------------
 
@@ -87,39 +109,40 @@ class Loader:
     # -- requests ----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def hold(self, model: ModelConfig, request: web.Request) -> AsyncIterator[None]:
-        """For one request's whole life: the model is loaded (`ensure`) and is not unloaded to
-        make room for another until the request ends (even before it reaches the queue)."""
-        self._users[model.name] += 1
+    async def hold(self, model: ModelConfig, request: web.Request) -> AsyncIterator[Ticket]:
+        """For one request's whole life. `await loader.wait(ticket)` inside the block waits
+        for the model's turn (loading it on demand); from then until the block ends the model
+        is not unloaded to make room for another."""
+        ticket = Ticket(model)
         try:
-            yield
+            yield ticket
         finally:
-            self._users[model.name] -= 1
-            if not self._users[model.name]:
-                del self._users[model.name]
-            self.used(model, request)
+            if ticket.admitted:
+                self._users[model.name] -= 1
+                if not self._users[model.name]:
+                    del self._users[model.name]
+                self.used(model, request)
+            elif not ticket.future.done():
+                ticket.future.cancel()  # the loader skips it
 
-    async def ensure(self, model: ModelConfig) -> None:
-        """Make sure the model's engines run or are starting (the request then waits in the
-        router's queue for a ready replica)."""
-        if self.running(model):
-            if model.name in self._on:
-                self._on[model.name] = time.monotonic()
+    async def wait(self, ticket: Ticket) -> None:
+        """Until the ticket's model serves and it is the model's turn. Requests for a model
+        that is not loaded, or that gives way to another, wait in line (first come, first
+        loaded); a 503 (`Unavailable`) when it cannot be loaded."""
+        model = ticket.model
+        if self.running(model) and model.name not in self._yielding:
+            self._admit(ticket)  # the fast path: no await, so nothing can change in between
             return
-        async with self._lock:
-            if self.running(model):
-                return
-            self._loading.add(model.name)
-            try:
-                await self._make_room(model)
-                log.info("%s: loading (requested)", model.name)
-                count_swap(model.name, "load")
-                self._off.discard(model.name)
-                if model.load == "on_demand":
-                    self._on[model.name] = time.monotonic()
-                await self._apply()
-            finally:
-                self._loading.discard(model.name)
+        self._waiting.setdefault(model.name, []).append(ticket)
+        self._wanted.set()
+        try:
+            async with asyncio.timeout(model.startup_timeout):
+                await ticket.future
+        except TimeoutError:
+            raise Unavailable(
+                f"model '{model.name}' waited {model.startup_timeout:.0f} s for its turn to "
+                "load (other models held the memory it needs); try again"
+            ) from None
 
     def used(self, model: ModelConfig, request: web.Request) -> None:
         """A request ended: the keep-alive counts from now (and from its keep_alive)."""
@@ -133,17 +156,17 @@ class Loader:
 
     async def load(self, model: ModelConfig, request: web.Request) -> None:
         """Load now and wait until a replica serves (an empty Ollama prompt)."""
-        await self.ensure(model)
-        deadline = time.monotonic() + model.startup_timeout
-        supervisor = self.app[SUPERVISOR]
-        while time.monotonic() < deadline:
-            replicas = supervisor.replicas(model.name)
-            if any(r.state is EngineState.READY for r in replicas):
-                self.used(model, request)
-                return
-            if replicas and not any(r.may_become_ready for r in replicas):
-                break
-            await asyncio.sleep(0.05)
+        async with self.hold(model, request) as ticket:
+            await self.wait(ticket)
+            deadline = time.monotonic() + model.startup_timeout
+            supervisor = self.app[SUPERVISOR]
+            while time.monotonic() < deadline:
+                replicas = supervisor.replicas(model.name)
+                if any(r.state is EngineState.READY for r in replicas):
+                    return
+                if replicas and not any(r.may_become_ready for r in replicas):
+                    break
+                await asyncio.sleep(0.05)
         raise Unavailable(f"model '{model.name}' did not load; GET /admin/models says why")
 
     async def unload(self, model: ModelConfig) -> None:
@@ -158,13 +181,79 @@ class Loader:
             await self._apply()
 
     async def run(self) -> None:
-        """Unload on-demand models idle past their keep-alive (runs until cancelled)."""
+        """The loader's one task (runs until cancelled): loads what requests wait for, one
+        model at a time, and unloads on-demand models idle past their keep-alive."""
         while True:
-            await asyncio.sleep(EXPIRY_CHECK)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EXPIRY_CHECK):
+                    await self._wanted.wait()
+            self._wanted.clear()
+            while (model := self._next_wanted()) is not None:
+                await self._bring(model)
             for model in self.app[CONFIG].models:
                 expires = self.expires_at(model)
                 if expires is not None and expires <= time.time() and self._idle(model):
                     await self.unload(model)
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def _admit(self, ticket: Ticket) -> None:
+        name = ticket.model.name
+        ticket.admitted = True
+        self._users[name] += 1
+        if name in self._on:
+            self._on[name] = time.monotonic()
+
+    def _next_wanted(self) -> ModelConfig | None:
+        """The model of the longest-waiting request; models that serve now take their
+        waiters at once."""
+        first: Ticket | None = None
+        for name in list(self._waiting):
+            tickets = [t for t in self._waiting[name] if not t.future.done()]
+            if not tickets:
+                del self._waiting[name]
+                continue
+            self._waiting[name] = tickets
+            if self.running(tickets[0].model) and name not in self._yielding:
+                self._settle(name)
+            elif first is None or tickets[0].seq < first.seq:
+                first = tickets[0]
+        return first.model if first else None
+
+    def _settle(self, name: str, error: Exception | None = None) -> None:
+        """Every request waiting for the model is admitted (in the same step, so the model
+        cannot be taken away before they are counted), or refused with `error`."""
+        for ticket in self._waiting.pop(name, []):
+            if ticket.future.done():
+                continue
+            if error is None:
+                self._admit(ticket)
+                ticket.future.set_result(None)
+            else:
+                ticket.future.set_exception(error)
+
+    async def _bring(self, model: ModelConfig) -> None:
+        self._loading.add(model.name)
+        try:
+            async with self._lock:
+                if not self.running(model):
+                    await self._make_room(model)
+                    log.info("%s: loading (requested)", model.name)
+                    count_swap(model.name, "load")
+                    self._off.discard(model.name)
+                    if model.load == "on_demand":
+                        self._on[model.name] = time.monotonic()
+                    await self._apply()
+        except Unavailable as exc:
+            self._settle(model.name, exc)
+        except Exception as exc:  # a bug must not leave requests waiting forever
+            log.exception("%s: loading failed", model.name)
+            self._settle(model.name, Unavailable(f"model '{model.name}' failed to load: {exc}"))
+        else:
+            self._settle(model.name)
+        finally:
+            self._loading.discard(model.name)
+            self._yielding.clear()
 
     # -- room --------------------------------------------------------------------------------
 
@@ -195,6 +284,8 @@ class Loader:
         return int(min(sizes) * GPU_SHARE) if sizes else math.inf  # type: ignore[return-value]
 
     async def _make_room(self, model: ModelConfig) -> None:
+        """Unload least-recently-used on-demand models until `model` fits. Busy ones give way
+        after their batch: requests already admitted finish, later ones wait their turn."""
         limits = self.app[CONFIG].limits
         need = await self._need(model)
         deadline = time.monotonic() + model.startup_timeout
@@ -207,17 +298,19 @@ class Loader:
             if not too_many and used + need <= budget:
                 return
             pool = loaded if too_many else same_device
-            evictable = [m for m in pool if m.load == "on_demand" and m is not model]
-            idle = sorted((m for m in evictable if self._idle(m)), key=lambda m: self._on[m.name])
+            victims = await self._victims(model, pool, used + need - budget, too_many)
+            idle = [m for m in victims if self._idle(m)]
             if idle:
                 victim = idle[0]
                 log.info("%s: unloading %s (idle) to make room", model.name, victim.name)
                 count_swap(victim.name, "evict")
                 self._on.pop(victim.name, None)
+                self._yielding.discard(victim.name)
                 await self._apply()  # waits until it is stopped and its memory is back
                 continue
-            if evictable and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)  # the others finish their queue first
+            if victims and time.monotonic() < deadline:
+                self._yielding.update(m.name for m in victims)
+                await asyncio.sleep(0.1)  # their admitted requests finish first
                 continue
             loaded_text = ", ".join([f"{m.name} {gib(await self._need(m))}" for m in pool])
             why = (
@@ -231,6 +324,26 @@ class Loader:
                 "). Unload one (keep_alive: 0), or raise limits.memory_budget / "
                 "limits.max_loaded_models"
             )
+
+    async def _victims(
+        self, model: ModelConfig, pool: list[ModelConfig], shortfall: int, too_many: bool
+    ) -> list[ModelConfig]:
+        """The on-demand models to unload for `model`, least recently used first: enough to
+        free `shortfall` bytes (or one, when too many models are loaded)."""
+        candidates = sorted(
+            (m for m in pool if m.load == "on_demand" and m is not model),
+            key=lambda m: self._on.get(m.name, 0.0),
+        )
+        chosen: list[ModelConfig] = []
+        freed = 0
+        for m in candidates:
+            if (too_many and chosen) or (not too_many and freed >= shortfall):
+                break
+            chosen.append(m)
+            freed += await self._need(m)
+        if not too_many and freed < shortfall:
+            return []  # unloading all of them would not be enough: it can never fit
+        return chosen
 
 
 def note_keep_alive(request: web.Request, value: Any) -> None:

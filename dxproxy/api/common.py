@@ -132,8 +132,8 @@ async def call_engine(
         key = request.get(API_KEY)  # the unit of fairness in the queue
 
         # The model stays loaded (not evicted for another) until this request ends.
-        async with loader.hold(model, request):
-            await _with_notices(loader.ensure(model), early)  # on demand: it starts now
+        async with loader.hold(model, request) as ticket:
+            await _with_notices(loader.wait(ticket), early)  # on demand: it loads now
             async with router.acquire(
                 model.name,
                 affinity,
