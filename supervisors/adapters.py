@@ -82,6 +82,11 @@ class EngineAdapter:
     def default_slots(self, spec: EngineSpec) -> int:
         return self.default_parallel
 
+    def can_sleep(self, spec: EngineSpec) -> bool:
+        """True when the engine can sleep (free its GPU memory, keep its process) and wake
+        through vLLM's dev-mode endpoints: /sleep?level=N, /wake_up, /is_sleeping."""
+        return False
+
     def cancels_only_streams(self, spec: EngineSpec) -> bool:
         """True when the engine stops generating for a client that left only if it was
         streaming (it runs a non-streamed request to its end, holding a slot all the while)."""
@@ -206,6 +211,10 @@ class Vllm(EngineAdapter):
         if spec.embeddings:
             argv += ["--runner", "pooling"]
         return argv
+
+    def can_sleep(self, spec: EngineSpec) -> bool:
+        # A `command:` vLLM too: its operator passes --enable-sleep-mode and dev mode.
+        return spec.sleep_mode
 
     def engine_env(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
         env = {"HF_HUB_OFFLINE": "1"} if os.path.isdir(spec.model) else {}

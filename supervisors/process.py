@@ -6,6 +6,12 @@ SIGKILL; the reaper takes care of its children), probes it until it answers, the
 probing it while it serves: an engine that exits, or stops answering (hung, or SIGSTOPped), is
 killed and restarted with exponential backoff, giving up after `MAX_FAILURES` failures within
 `FAILURE_WINDOW`.
+
+Sleep mode (vLLM) is the one exception to "the run task moves the state": `sleep()` and
+`wake()`, called by the supervisor, move a ready, idle engine to SLEEPING and back through
+WAKING, each as one small task of its own. They never kill or restart anything: a sleep or
+wake that leaves the engine in doubt tells the run task, which kills and restarts it as it
+would a crash.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -46,6 +52,8 @@ LIVENESS_FAILURES = 2
 LIVENESS_FAILURES_BUSY = 4
 TAIL_LINES = 50  # engine output lines kept with an error
 RING_LINES = 2000  # engine output lines kept in memory (the admin API shows them)
+# After /wake_up, /is_sleeping is asked this often until it says awake.
+WAKE_POLL = 0.05
 PORT_RETRIES = 3  # another process took the port between DX choosing it and the engine
 PR_SET_PDEATHSIG = 1
 _PORT_TAKEN = ("address already in use", "couldn't bind", "failed to bind", "errno 98")
@@ -62,6 +70,12 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, DevCallFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
@@ -74,6 +88,20 @@ class EngineStartError(RuntimeError):
 
 class PortTaken(EngineStartError):
     pass
+
+
+class DevCallFailed(RuntimeError):
+    """A sleep-mode call (/sleep, /wake_up, /is_sleeping) did not get the answer it needs."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the engine's HTTP status, when it answered with one
+
+
+def _answer(value: bool) -> asyncio.Future[bool]:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(value)
+    return done
 
 
 class GroupWatcher(Protocol):
@@ -120,6 +148,15 @@ class Replica:
         self.started_at = 0.0
         self.ready_in = 0.0  # seconds from spawn to ready, last start
         self.gave_up = False
+        # Sleep mode (vLLM): what the loader and the metrics report.
+        self.can_sleep = adapter.can_sleep(spec)
+        self.sleep_level = 0  # while asleep: 1 = weights in CPU memory, 2 = dropped
+        self.asleep_since = 0.0  # wall-clock time it fell asleep; 0 while awake
+        self.last_sleep_s = 0.0  # how long the last /sleep took
+        self.last_wake_s = 0.0  # the last wake: /wake_up until /is_sleeping says awake
+        self.sleeps = 0
+        self.wakes = 0
+        self.wake_error = ""  # why the last wake failed ("" when it did not)
         self._session = session
         self._on_change = on_change
         self._grace = grace
@@ -131,7 +168,11 @@ class Replica:
         self._since_spawn = 0  # lines printed by the current process
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._settled = asyncio.Event()  # set while ready, failed or stopped
+        self._settled = asyncio.Event()  # set while ready, asleep, failed or stopped
+        self._op: asyncio.Task[bool] | None = None  # a sleep or a wake in progress
+        # Set by a sleep or wake that left the engine in doubt: the run task kills it.
+        self._wedged = asyncio.Event()
+        self._wedged_why = ""
 
     @property
     def base_url(self) -> str:
@@ -155,7 +196,13 @@ class Replica:
         engine's callers get a 503 with the reason at once rather than wait out a backoff."""
         if self._stopping or self.gave_up:
             return False
-        return self.state in (EngineState.STARTING, EngineState.READY)
+        # A sleeping engine serves again once woken (the loader wakes it for a request).
+        return self.state in (
+            EngineState.STARTING,
+            EngineState.READY,
+            EngineState.SLEEPING,
+            EngineState.WAKING,
+        )
 
     def failure(self, lines: int) -> tuple[str, list[str]]:
         """Why the replica is down: the headline of `error`, and the engine's last `lines`
@@ -169,9 +216,14 @@ class Replica:
             return
         check_transition(self.id, old, new)
         self.state = new
-        if new in (EngineState.READY, EngineState.FAILED, EngineState.STOPPED):
+        if new in (
+            EngineState.READY,
+            EngineState.SLEEPING,
+            EngineState.FAILED,
+            EngineState.STOPPED,
+        ):
             self._settled.set()
-        elif new is EngineState.STARTING:
+        elif new in (EngineState.STARTING, EngineState.WAKING):
             self._settled.clear()
         self._on_change(self, StateChange(self.id, old, new, reason))
 
@@ -186,18 +238,31 @@ class Replica:
             self._task = asyncio.create_task(self._run(), name=f"engine {self.id}")
 
     async def wait_settled(self) -> None:
-        """Wait until the replica is ready, has failed (it may still be retried) or stopped."""
+        """Wait until the replica is ready, asleep, has failed (it may still be retried) or
+        stopped."""
         await self._settled.wait()
 
     async def stop(self) -> None:
-        """Stop the engine and its process group (idempotent; aborts a start in progress)."""
+        """Stop the engine and its process group (idempotent; aborts a start in progress, and
+        a sleep or wake)."""
         self._stopping = True
+        op = self._op
+        if op is not None and not op.done():
+            op.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await op
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         # Leave READY before the grace period, so the router sends it nothing more.
-        if self.state in (EngineState.STARTING, EngineState.READY, EngineState.DRAINING):
+        if self.state in (
+            EngineState.STARTING,
+            EngineState.READY,
+            EngineState.DRAINING,
+            EngineState.SLEEPING,
+            EngineState.WAKING,
+        ):
             self._set_state(EngineState.STOPPING, "stop requested")
         await self._kill()
         if self.state in (EngineState.STOPPING, EngineState.FAILED):
@@ -222,6 +287,172 @@ class Replica:
                 within,
             )
         await self.stop()
+
+    # -- sleep mode (vLLM) ---------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> asyncio.Future[bool]:
+        """Put the engine to sleep: POST /sleep?level=N with the engine's key (vLLM sleep
+        mode; level 1 moves the weights to CPU memory, 2 drops them), then GET /is_sleeping
+        to confirm. Only a ready replica with nothing in flight whose engine can sleep.
+
+        The state is SLEEPING when this returns, before anything is awaited: the router sends
+        only to ready replicas, so no request can reach the engine from then on (vLLM dies
+        on one). The future is True once the engine sleeps; False if it was not put to
+        sleep: not ready, requests in flight, no sleep mode, or the engine refused (it then
+        serves on, or, when it does not say it is awake, is killed and restarted like a
+        crash). Already asleep or falling asleep: that sleep's answer."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, not {level}")
+        op = self._op
+        if op is not None and not op.done():
+            # Falling asleep already (True when it does), or waking: a request wants it.
+            return asyncio.shield(op) if self.state is EngineState.SLEEPING else _answer(False)
+        if self.state is EngineState.SLEEPING:
+            return _answer(True)
+        if (
+            not self.can_sleep
+            or self._stopping
+            or self.state is not EngineState.READY
+            or self.in_flight
+        ):
+            return _answer(False)
+        self._set_state(EngineState.SLEEPING, f"falling asleep (level {level})")
+        self._op = asyncio.create_task(self._fall_asleep(level), name=f"sleep {self.id}")
+        return asyncio.shield(self._op)
+
+    def wake(self) -> asyncio.Future[bool]:
+        """Wake a sleeping engine: POST /wake_up, then GET /is_sleeping until it says awake,
+        all within the model's `startup_timeout`; then READY. A wake asked while the engine
+        falls asleep follows that sleep; asked while it wakes, it joins that wake.
+
+        The future is True when the replica is ready at the end, False when it is not: the
+        wake failed (the engine is killed and restarted like a crash; `error` says why), or it
+        was not asleep and is not ready (starting, failed, stopping: nothing to wake)."""
+        op = self._op
+        if op is not None and not op.done():
+            if self.state is EngineState.WAKING:
+                return asyncio.shield(op)
+            return asyncio.ensure_future(self._wake_after(op))
+        if self.state is EngineState.READY:
+            return _answer(True)
+        if self.state is not EngineState.SLEEPING or self._stopping:
+            return _answer(False)
+        self._set_state(EngineState.WAKING, "waking up")
+        self._op = asyncio.create_task(self._wake_up(), name=f"wake {self.id}")
+        return asyncio.shield(self._op)
+
+    async def _wake_after(self, falling_asleep: asyncio.Task[bool]) -> bool:
+        await asyncio.wait({falling_asleep})  # not `await` it: our caller's cancel would stop it
+        return await self.wake()
+
+    async def _fall_asleep(self, level: int) -> bool:
+        proc = self._proc
+        t0 = time.monotonic()
+        try:
+            await self._dev_post("/sleep", {"level": str(level)})
+            # vLLM answers /sleep once the weights are off the GPU. Ask all the same: a
+            # `command:` engine may answer 200 to anything.
+            if not await self._is_sleeping():
+                raise DevCallFailed("/sleep answered, but /is_sleeping says it is awake")
+        except Exception as exc:  # every way this can fail ends the same: find out, settle
+            why = _why(exc)
+            if not self._current(proc, EngineState.SLEEPING):
+                return False  # it crashed (the run task restarts it) or is being stopped
+            status = exc.status if isinstance(exc, DevCallFailed) else None
+            if status == 404:
+                # No dev-mode endpoints: a `command:` vLLM without --enable-sleep-mode and
+                # VLLM_SERVER_DEV_MODE=1. Not asked again; the loader stops it instead.
+                self.can_sleep = False
+                why += " (start vLLM with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1)"
+            if status is not None and 400 <= status < 500:
+                awake = True  # refused before doing anything
+            else:
+                try:
+                    awake = not await self._is_sleeping()
+                except Exception:
+                    awake = False
+            if awake and self._current(proc, EngineState.SLEEPING):
+                log.warning("%s: could not be put to sleep (%s); it serves on", self.id, why)
+                self._set_state(EngineState.READY, f"could not sleep: {why}")
+            else:
+                self._wedge(f"could not be put to sleep ({why}) and does not say it is awake")
+            return False
+        self.sleep_level = level
+        self.asleep_since = time.time()
+        self.last_sleep_s = time.monotonic() - t0
+        self.sleeps += 1
+        log.info("%s: asleep (level %d) in %.2f s", self.id, level, self.last_sleep_s)
+        return True
+
+    async def _wake_up(self) -> bool:
+        proc = self._proc
+        t0 = time.monotonic()
+        timeout = self.spec.startup_timeout
+        self.wake_error = ""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._dev_post("/wake_up")  # no tags: everything (weights, KV cache)
+                # /wake_up answers once it is done on vLLM; ask until it says so anyway.
+                while await self._is_sleeping():  # noqa: ASYNC110 (polling the engine)
+                    await asyncio.sleep(WAKE_POLL)
+        except Exception as exc:
+            why = f"not awake after {timeout:.0f} s" if isinstance(exc, TimeoutError) else _why(exc)
+            if self._current(proc, EngineState.WAKING):
+                self._wedge(f"did not wake up ({why})")
+            elif not self._stopping:
+                why = f"the engine exited while waking ({why})"
+            self.wake_error = why
+            return False
+        if not self._current(proc, EngineState.WAKING):
+            self.wake_error = "the engine exited or was stopped while waking"
+            return False
+        self.last_wake_s = time.monotonic() - t0
+        self.wakes += 1
+        self.sleep_level = 0
+        self.asleep_since = 0.0
+        self._set_state(EngineState.READY, f"awake in {self.last_wake_s:.2f} s")
+        return True
+
+    def _current(self, proc: asyncio.subprocess.Process | None, state: EngineState) -> bool:
+        """Still the same live engine process, in `state`, and not being stopped."""
+        return (
+            not self._stopping
+            and proc is not None
+            and self._proc is proc
+            and proc.returncode is None
+            and self.state is state
+        )
+
+    def _wedge(self, why: str) -> None:
+        log.error("%s: %s; restarting it", self.id, why)
+        self._wedged_why = why + ": killed it"
+        self._wedged.set()
+
+    async def _dev_post(self, path: str, params: Mapping[str, str] | None = None) -> None:
+        async with self._session.post(
+            self.base_url + path,
+            params=params,  # vLLM reads the level from the query string only
+            headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=self.spec.startup_timeout),
+        ) as resp:
+            if resp.status != 200:
+                text = (await resp.text(errors="replace")).strip()[:200]
+                raise DevCallFailed(f"{path} answered {resp.status}: {text}", resp.status)
+
+    async def _is_sleeping(self) -> bool:
+        async with self._session.get(
+            self.base_url + "/is_sleeping",
+            headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=self.spec.startup_timeout),
+        ) as resp:
+            if resp.status != 200:
+                text = (await resp.text(errors="replace")).strip()[:200]
+                raise DevCallFailed(f"/is_sleeping answered {resp.status}: {text}", resp.status)
+            data = await resp.json(content_type=None)
+        value = data.get("is_sleeping") if isinstance(data, dict) else None
+        if not isinstance(value, bool):
+            raise DevCallFailed(f"/is_sleeping answered {str(data)[:200]}")
+        return value
 
     async def _run(self) -> None:
         # Failures count within a sliding window, so an engine that crashes every few minutes
@@ -288,6 +519,9 @@ class Replica:
     async def _spawn_and_wait_ready(self) -> None:
         self._set_state(EngineState.STARTING, "spawning")
         self.port = free_port()
+        self.sleep_level = 0  # a new engine starts awake
+        self.asleep_since = 0.0
+        self._wedged.clear()
         self.api_key = secrets.token_urlsafe(24)
         self.headers = {
             "Authorization": f"Bearer {self.api_key}",
@@ -346,19 +580,27 @@ class Replica:
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
 
     async def _watch(self) -> str:
-        """While ready: wait for the engine to exit or to stop answering; say which."""
+        """While ready (or asleep): wait for the engine to exit, to stop answering, or for a
+        sleep or wake to leave it in doubt; say which."""
         assert self._proc is not None
         exited = asyncio.ensure_future(self._proc.wait())
+        wedged = asyncio.ensure_future(self._wedged.wait())
         url = self.base_url + self.adapter.live_path
         missed = 0
         try:
             while True:
-                done, _ = await asyncio.wait({exited}, timeout=LIVENESS_INTERVAL)
-                if done:
+                done, _ = await asyncio.wait({exited, wedged}, timeout=LIVENESS_INTERVAL)
+                if exited in done:
                     return f"exited unexpectedly with code {exited.result()}"
+                if done:
+                    return self._wedged_why
+                # vLLM answers /health while asleep (it only checks that its engine core
+                # lives), so probing goes on; a crash while asleep is restarted as any other.
                 if await self._probe(url, within=LIVENESS_TIMEOUT):
                     missed = 0
                     continue
+                if self._op is not None and not self._op.done():
+                    continue  # a sleep or wake is under way, with a time limit of its own
                 if self._proc.returncode is not None:
                     continue  # it died meanwhile: reported as an exit on the next turn
                 missed += 1
@@ -370,6 +612,7 @@ class Replica:
                     )
         finally:
             exited.cancel()
+            wedged.cancel()
 
     async def _probe(self, url: str, within: float) -> bool:
         try:

@@ -14,16 +14,30 @@ class EngineState(StrEnum):
     DRAINING = "draining"
     STOPPING = "stopping"
     FAILED = "failed"  # crashed or never became ready; retried with backoff, then given up
+    # vLLM sleep mode: the process lives, its weights are off the GPU (level 1: in CPU memory),
+    # and it must get no request (vLLM dies on one). Entered before /sleep is called, so the
+    # router, which sends only to `ready` replicas, cannot pick it while it falls asleep.
+    SLEEPING = "sleeping"
+    WAKING = "waking"  # /wake_up called; ready once the engine says it is awake
 
 
 # Every allowed move. Anything else is a bug and raises, rather than being papered over.
 TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
     EngineState.STOPPED: frozenset({EngineState.STARTING}),
     EngineState.STARTING: frozenset({EngineState.READY, EngineState.FAILED, EngineState.STOPPING}),
-    EngineState.READY: frozenset({EngineState.DRAINING, EngineState.STOPPING, EngineState.FAILED}),
+    EngineState.READY: frozenset(
+        {EngineState.DRAINING, EngineState.STOPPING, EngineState.FAILED, EngineState.SLEEPING}
+    ),
     EngineState.DRAINING: frozenset({EngineState.STOPPING, EngineState.FAILED}),
     EngineState.STOPPING: frozenset({EngineState.STOPPED}),
     EngineState.FAILED: frozenset({EngineState.STARTING, EngineState.STOPPED}),
+    # Back to READY straight from SLEEPING only when /sleep failed and the engine says it is
+    # still awake. Nothing is in flight while asleep, so stopping needs no DRAINING. A crash,
+    # or a sleep or wake that leaves the engine in doubt, is FAILED: killed and restarted.
+    EngineState.SLEEPING: frozenset(
+        {EngineState.WAKING, EngineState.READY, EngineState.STOPPING, EngineState.FAILED}
+    ),
+    EngineState.WAKING: frozenset({EngineState.READY, EngineState.STOPPING, EngineState.FAILED}),
 }
 
 

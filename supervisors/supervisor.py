@@ -12,7 +12,10 @@ everything. Per model:
   reported;
 - only `replicas` changed (and the existing replicas keep their GPUs): replicas are added,
   or the highest-numbered ones drained, and the others are not touched;
-- unchanged: not touched (same processes).
+- unchanged: not touched (same processes), asleep or awake.
+
+A sleeping model (vLLM sleep mode, `sleep`/`wake`) is stopped directly when removed or changed:
+nothing is in flight on it. Its replacement starts awake.
 
 Changes run as one task per model, so a model's slow start (vLLM: minutes) delays no other
 model. Placement (which GPUs each replica gets) is decided when replicas are created.
@@ -309,8 +312,51 @@ class Supervisor:
         finally:
             self._retiring.difference_update(group)
 
+    # -- sleep mode (vLLM) ---------------------------------------------------------------
+
+    def can_sleep(self, model: str) -> bool:
+        """True when the model's engines can sleep instead of stopping (vLLM, `sleep_mode`)."""
+        group = self.replicas(model)
+        return bool(group) and all(r.can_sleep for r in group)
+
+    def asleep(self, model: str) -> bool:
+        """True when a replica of the model sleeps or is waking: a request for it waits
+        until `wake(model)` is done (the router picks only ready replicas)."""
+        return any(
+            r.state in (EngineState.SLEEPING, EngineState.WAKING) for r in self.replicas(model)
+        )
+
+    async def sleep(self, model: str, level: int = 1) -> bool:
+        """Put every replica of the model to sleep (level 1: weights to CPU memory, 2: weights
+        dropped), all or none: only when each is ready (or already asleep) with nothing in
+        flight, and no change of the model is under way. Every replica leaves READY before
+        this first waits, so no request can reach a sleeping engine. True when all of them
+        sleep; False when the model was not put to sleep (a request came first, sleep mode
+        is off, or an engine refused: such a replica serves on, or is restarted)."""
+        group = self.replicas(model)
+        if not self.can_sleep(model) or model in self._changes:
+            return False
+        idle = (EngineState.READY, EngineState.SLEEPING)
+        if not all(r.state in idle and not r.in_flight for r in group):
+            return False
+        asleep = await asyncio.gather(*[r.sleep(level) for r in group])  # each starts at once
+        return all(asleep)
+
+    async def wake(self, model: str) -> list[str]:
+        """Wake every sleeping replica of the model; return when each is ready or its wake
+        failed. Returns one line per replica that did not wake (it is killed and restarted,
+        awake; the line says why); [] when all are awake."""
+        asleep = (EngineState.SLEEPING, EngineState.WAKING)
+        group = [r for r in self.replicas(model) if r.state in asleep]
+        woken = await asyncio.gather(*(r.wake() for r in group))
+        return [
+            f"{r.id} did not wake up: {r.wake_error or 'it was stopped'}"
+            for r, ok in zip(group, woken, strict=True)
+            if not ok
+        ]
+
     async def wait_settled(self) -> None:
-        """Wait until every replica is ready or has given up."""
+        """Wait until every replica is ready, asleep or has given up."""
         await asyncio.gather(*(r.wait_settled() for r in self.all_replicas()))
 
     def ready(self, model: str) -> list[Replica]:

@@ -1,6 +1,8 @@
 """A fake OpenAI-speaking engine, run as a subprocess, for fast tests and fault injection.
 
     python tests/fake_engine.py --port P [--startup-delay S] [--exit-at-start CODE]
+                                [--sleep-delay S] [--wake-delay S] [--sleep-fails] [--wake-fails]
+                                [--no-dev-mode]
 
 Its answer is fixed ("Hello from the fake engine."), one token per SSE chunk. Words in the
 last user message inject faults:
@@ -18,12 +20,25 @@ the last one, so tests can check what DX asked the engine for.
 
 ``GET /stats`` tells what happened: requests started, completed, cancelled (the client went
 away mid-stream), and the highest number in flight at once.
+
+vLLM's sleep-mode endpoints (dev mode), as vLLM has them: ``POST /sleep?level=N`` (level 1 or
+2, read from the query string only; stricter than vLLM, a missing level is a 400, so tests
+prove DX sends it), ``POST /wake_up``, ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``. When
+``DX_ENGINE_API_KEY`` is set (DX sets it for every engine) they want ``Authorization: Bearer
+<key>`` (401 otherwise). ``--sleep-delay``/``--wake-delay`` make them take that long;
+``--sleep-fails`` answers /sleep with a 500 and stays awake, ``--wake-fails`` answers /wake_up
+with a 500 and stays asleep; ``--no-dev-mode`` leaves them out (404), as vLLM does without
+``VLLM_SERVER_DEV_MODE=1``. Each call is recorded: ``GET /dev_calls`` lists them (path, query,
+whether the key was right). /health, /v1/models and /stats answer while asleep, as vLLM's do;
+a completion, chat or embedding request while asleep (or falling asleep, or waking) CRASHES the
+engine (exit code 66, with a line saying so), as vLLM may: tests prove none is ever sent.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import os
 import sys
@@ -35,6 +50,10 @@ from aiohttp import web
 TOKENS = ["Hello", " from", " the", " fake", " engine", "."]
 stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_flight": 0}
 last_body: dict[str, Any] = {}
+# "awake", "falling asleep", "asleep" or "waking": only "awake" may serve.
+sleep_state = {"now": "awake", "level": 0}
+dev_calls: list[dict[str, Any]] = []
+options = argparse.Namespace(sleep_delay=0.0, wake_delay=0.0, sleep_fails=False, wake_fails=False)
 
 
 def _chunk(name: str, delta: dict[str, Any], finish: str | None = None,
@@ -86,7 +105,67 @@ def vector(text: str) -> list[float]:
     return [float(sum(data[i::8]) % 97 + i + 1) for i in range(8)]
 
 
+def _crash_if_asleep(request: web.Request) -> None:
+    if sleep_state["now"] != "awake":
+        print(f"fake engine: CRASH: {request.method} {request.path} reached a sleeping engine "
+              f"({sleep_state['now']}); vLLM dies on this", file=sys.stderr, flush=True)
+        os._exit(66)
+
+
+def _dev_call(request: web.Request) -> web.Response | None:
+    """Record a sleep-mode call; a 401 if it lacks the engine's key."""
+    key = os.environ.get("DX_ENGINE_API_KEY", "")
+    given = request.headers.get("Authorization", "")
+    key_ok = not key or hmac.compare_digest(given.encode(), f"Bearer {key}".encode())
+    dev_calls.append({"method": request.method, "path": request.path,
+                      "query": request.query_string, "key_ok": key_ok,
+                      "state": sleep_state["now"]})
+    if not key_ok:
+        return web.json_response({"error": "Unauthorized"}, status=401)
+    return None
+
+
+async def sleep(request: web.Request) -> web.Response:
+    if (refused := _dev_call(request)) is not None:
+        return refused
+    level = request.query.get("level")
+    if level not in ("1", "2"):
+        return web.json_response({"error": f"level must be 1 or 2 in the query string, "
+                                           f"got {level!r}"}, status=400)
+    if options.sleep_fails:
+        return web.json_response({"error": "fake engine cannot sleep (as asked)"}, status=500)
+    sleep_state["now"] = "falling asleep"
+    await asyncio.sleep(options.sleep_delay)
+    sleep_state.update(now="asleep", level=int(level))
+    print(f"fake engine: asleep (level {level})", flush=True)
+    return web.json_response({"status": "sleeping", "level": int(level)})
+
+
+async def wake_up(request: web.Request) -> web.Response:
+    if (refused := _dev_call(request)) is not None:
+        return refused
+    if options.wake_fails:
+        return web.json_response({"error": "fake engine cannot wake up (as asked)"}, status=500)
+    if sleep_state["now"] != "awake":
+        sleep_state["now"] = "waking"
+        await asyncio.sleep(options.wake_delay)
+        sleep_state.update(now="awake", level=0)
+        print("fake engine: awake", flush=True)
+    return web.json_response({"status": "awake", "tags": None})
+
+
+async def is_sleeping(request: web.Request) -> web.Response:
+    if (refused := _dev_call(request)) is not None:
+        return refused
+    return web.json_response({"is_sleeping": sleep_state["now"] != "awake"})
+
+
+async def get_dev_calls(request: web.Request) -> web.Response:
+    return web.json_response(dev_calls)
+
+
 async def embeddings(request: web.Request) -> web.Response:
+    _crash_if_asleep(request)
     body = await request.json()
     last_body.clear()
     last_body.update(body)
@@ -103,6 +182,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
+    _crash_if_asleep(request)
     body = await request.json()
     last_body.clear()
     last_body.update(body)
@@ -209,7 +289,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--startup-delay", type=float, default=0.0)
     parser.add_argument("--exit-at-start", type=int, default=None)
+    parser.add_argument("--sleep-delay", type=float, default=0.0)
+    parser.add_argument("--wake-delay", type=float, default=0.0)
+    parser.add_argument("--sleep-fails", action="store_true")
+    parser.add_argument("--wake-fails", action="store_true")
+    parser.add_argument("--no-dev-mode", action="store_true")
     args, _ = parser.parse_known_args()
+    vars(options).update(sleep_delay=args.sleep_delay, wake_delay=args.wake_delay,
+                         sleep_fails=args.sleep_fails, wake_fails=args.wake_fails)
     print(f"fake engine starting on port {args.port}", flush=True)
     if args.exit_at_start is not None:
         print("fake engine: cannot load model (as asked)", flush=True)
@@ -224,6 +311,11 @@ def main() -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/last", get_last)
+    if not args.no_dev_mode:  # vLLM has these only with VLLM_SERVER_DEV_MODE=1
+        app.router.add_post("/sleep", sleep)
+        app.router.add_post("/wake_up", wake_up)
+        app.router.add_get("/is_sleeping", is_sleeping)
+    app.router.add_get("/dev_calls", get_dev_calls)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True)
 
 

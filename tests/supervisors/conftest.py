@@ -24,6 +24,13 @@ def fake(*args: str, startup_timeout: float = 20) -> EngineSpec:
                       startup_timeout=startup_timeout)
 
 
+def sleepy(*args: str, startup_timeout: float = 20, parallel: int | None = None) -> EngineSpec:
+    """The fake engine as a vLLM with sleep mode on (the fake has vLLM's dev-mode endpoints)."""
+    return EngineSpec(name="fake", kind="vllm", model=FAKE_ENGINE,
+                      command=(sys.executable, FAKE_ENGINE, "--port", "{port}", *args),
+                      startup_timeout=startup_timeout, sleep_mode=True, parallel=parallel)
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
