@@ -104,6 +104,26 @@ def _answer(value: bool) -> asyncio.Future[bool]:
     return done
 
 
+def _outcome(op: asyncio.Task[bool]) -> asyncio.Future[bool]:
+    """A sleep's or wake's answer for one caller. A caller that leaves (is cancelled) leaves
+    the engine's sleep or wake running; one cancelled by `stop()` answers False, so that
+    the caller is not handed a cancellation it did not ask for."""
+    answer = asyncio.get_running_loop().create_future()
+
+    def settle(task: asyncio.Task[bool]) -> None:
+        if answer.done():
+            return
+        if task.cancelled():
+            answer.set_result(False)
+        elif (error := task.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(task.result())
+
+    op.add_done_callback(settle)
+    return answer
+
+
 class GroupWatcher(Protocol):
     """Told about every engine process group (the reaper), so none outlives DX."""
 
@@ -306,7 +326,7 @@ class Replica:
         op = self._op
         if op is not None and not op.done():
             # Falling asleep already (True when it does), or waking: a request wants it.
-            return asyncio.shield(op) if self.state is EngineState.SLEEPING else _answer(False)
+            return _outcome(op) if self.state is EngineState.SLEEPING else _answer(False)
         if self.state is EngineState.SLEEPING:
             return _answer(True)
         if (
@@ -318,7 +338,7 @@ class Replica:
             return _answer(False)
         self._set_state(EngineState.SLEEPING, f"falling asleep (level {level})")
         self._op = asyncio.create_task(self._fall_asleep(level), name=f"sleep {self.id}")
-        return asyncio.shield(self._op)
+        return _outcome(self._op)
 
     def wake(self) -> asyncio.Future[bool]:
         """Wake a sleeping engine: POST /wake_up, then GET /is_sleeping until it says awake,
@@ -327,11 +347,12 @@ class Replica:
 
         The future is True when the replica is ready at the end, False when it is not: the
         wake failed (the engine is killed and restarted like a crash; `error` says why), or it
-        was not asleep and is not ready (starting, failed, stopping: nothing to wake)."""
+        was not asleep and is not ready (starting, failed, stopping: nothing to wake; a stop
+        during the wake too)."""
         op = self._op
         if op is not None and not op.done():
             if self.state is EngineState.WAKING:
-                return asyncio.shield(op)
+                return _outcome(op)
             return asyncio.ensure_future(self._wake_after(op))
         if self.state is EngineState.READY:
             return _answer(True)
@@ -339,7 +360,7 @@ class Replica:
             return _answer(False)
         self._set_state(EngineState.WAKING, "waking up")
         self._op = asyncio.create_task(self._wake_up(), name=f"wake {self.id}")
-        return asyncio.shield(self._op)
+        return _outcome(self._op)
 
     async def _wake_after(self, falling_asleep: asyncio.Task[bool]) -> bool:
         await asyncio.wait({falling_asleep})  # not `await` it: our caller's cancel would stop it

@@ -331,3 +331,37 @@ async def test_a_model_without_sleep_mode_is_never_put_to_sleep(
     assert not sup.can_sleep("fake")
     assert await sup.sleep("fake") is False and replica.state is S.READY
     assert await engine_get(session, replica, "/dev_calls") == []
+
+
+async def test_a_wake_asked_while_falling_asleep_follows_the_sleep(
+    sup: Supervisor, session: aiohttp.ClientSession
+) -> None:
+    rec = Recorder()
+    sup.subscribe(rec)
+    replica = await started(sup, sleepy("--sleep-delay", "0.5", "--wake-delay", "0.5"))
+    falling = replica.sleep()
+    assert replica.state is S.SLEEPING  # at once, before the engine is even asked
+    waking = replica.wake()
+    assert await falling is True
+    await asyncio.sleep(0.1)
+    assert replica.state is S.WAKING
+    assert await replica.sleep() is False  # waking: a request wants it, no sleep now
+    assert await sup.sleep("fake") is False
+    assert await waking is True and replica.state is S.READY
+    calls = await engine_get(session, replica, "/dev_calls")
+    assert [c["path"] for c in calls if c["method"] == "POST"] == ["/sleep", "/wake_up"]
+    assert rec.path()[-3:] == [(S.READY, S.SLEEPING), (S.SLEEPING, S.WAKING), (S.WAKING, S.READY)]
+    assert await chat(session, replica) == 200
+    no_crash(replica)
+
+
+async def test_stopping_a_waking_engine_cancels_the_wake(sup: Supervisor) -> None:
+    replica = await started(sup, sleepy("--wake-delay", "30"))
+    assert await sup.sleep("fake")
+    waking = replica.wake()
+    await asyncio.sleep(0.3)
+    assert replica.state is S.WAKING
+    t0 = time.monotonic()
+    assert await sup.apply([], wait=True) == []
+    assert replica.state is S.STOPPED and time.monotonic() - t0 < 4
+    assert await waking is False  # not a cancellation the caller did not ask for
