@@ -1,6 +1,6 @@
 """A minimal, fast OpenAI-compatible engine for measuring what a proxy in front costs.
 
-    python bench/fake_openai_engine.py --port P [--model NAME] [--interval-ms MS]
+    python bench/fake_openai_engine.py --port P [--model NAME] [--interval-ms MS] [--write-batch N]
 
 It answers at once, with no model behind it, so that a benchmark through it measures the
 proxy and not the engine:
@@ -13,6 +13,10 @@ proxy and not the engine:
 
 Tokens are written back to back by default. ``--interval-ms`` waits that long between
 tokens, so that each token reaches the proxy on its own, as it does from a real engine.
+``--write-batch N`` (default 1, or ``$FAKE_ENGINE_WRITE_BATCH``) gathers N back-to-back events
+into one write: the engine then spends far less CPU per token (one send for N), so that a
+benchmark of how many chunks a proxy relays per second measures the proxy, not this engine
+(bench/relay_throughput.py sets the variable; `dx serve` passes its environment to engines).
 
 It is separate from tests/fake_engine.py (the fault-injecting engine of the test suite) on
 purpose: this one stays small and fast, and the benchmark does not move when the tests do.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from typing import Any
@@ -34,6 +39,8 @@ DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_CAP = 100_000  # a bound on one answer, whatever the request asks
 
 INTERVAL = web.AppKey("interval", float)
+WRITE_BATCH = web.AppKey("write_batch", int)
+WRITE_BATCH_ENV = "FAKE_ENGINE_WRITE_BATCH"
 MODEL = web.AppKey("model", str)
 
 
@@ -121,9 +128,18 @@ async def _complete(request: web.Request, *, chat: bool) -> web.StreamResponse:
             chunk.update(extra)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
+    batch = 1 if interval else request.app[WRITE_BATCH]  # paced tokens go one by one
+    pending: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        pending.append(data)
+        if len(pending) >= batch:
+            await resp.write(b"".join(pending))
+            pending.clear()
+
     if chat:
         role = {"role": "assistant", "content": ""}
-        await resp.write(event({"index": 0, "delta": role, "finish_reason": None}))
+        await send(event({"index": 0, "delta": role, "finish_reason": None}))
     for i in range(n):
         if interval and i:
             await asyncio.sleep(interval)
@@ -132,7 +148,9 @@ async def _complete(request: web.Request, *, chat: bool) -> web.StreamResponse:
             piece["delta"] = {"content": token(i)}
         else:
             piece["text"] = token(i)
-        await resp.write(event(piece))
+        await send(event(piece))
+    if pending:
+        await resp.write(b"".join(pending))
     last: dict[str, Any] = {"index": 0, "finish_reason": finish}
     if chat:
         last["delta"] = {}
@@ -147,10 +165,11 @@ async def _complete(request: web.Request, *, chat: bool) -> web.StreamResponse:
     return resp
 
 
-def make_app(model: str, interval_ms: float) -> web.Application:
+def make_app(model: str, interval_ms: float, write_batch: int = 1) -> web.Application:
     app = web.Application()
     app[MODEL] = model
     app[INTERVAL] = max(interval_ms, 0.0) / 1000.0
+    app[WRITE_BATCH] = max(write_batch, 1)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -166,8 +185,14 @@ def main() -> None:
     parser.add_argument(
         "--interval-ms", type=float, default=0.0, help="pause between tokens (default none)"
     )
+    parser.add_argument(
+        "--write-batch",
+        type=int,
+        default=int(os.environ.get(WRITE_BATCH_ENV) or 1),
+        help=f"back-to-back events per write (default ${WRITE_BATCH_ENV} or 1)",
+    )
     args = parser.parse_args()
-    app = make_app(args.model, args.interval_ms)
+    app = make_app(args.model, args.interval_ms, args.write_batch)
     try:
         import uvloop
     except ImportError:  # the engine still works, only slower
