@@ -170,7 +170,7 @@ class Replica:
         self.gave_up = False
         # Sleep mode (vLLM): what the loader and the metrics report.
         self.can_sleep = adapter.can_sleep(spec)
-        self.sleep_level = 0  # while asleep: 1 = weights in CPU memory, 2 = dropped
+        self.sleep_level = 0  # while asleep: 1 (weights in CPU memory); 0 while awake
         self.asleep_since = 0.0  # wall-clock time it fell asleep; 0 while awake
         self.last_sleep_s = 0.0  # how long the last /sleep took
         self.last_wake_s = 0.0  # the last wake: /wake_up until /is_sleeping says awake
@@ -311,8 +311,8 @@ class Replica:
     # -- sleep mode (vLLM) ---------------------------------------------------------------
 
     def sleep(self, level: int = 1) -> asyncio.Future[bool]:
-        """Put the engine to sleep: POST /sleep?level=N with the engine's key (vLLM sleep
-        mode; level 1 moves the weights to CPU memory, 2 drops them), then GET /is_sleeping
+        """Put the engine to sleep: POST /sleep?level=1 with the engine's key (vLLM sleep
+        mode: the weights move to CPU memory, the KV cache is dropped), then GET /is_sleeping
         to confirm. Only a ready replica with nothing in flight whose engine can sleep.
 
         The state is SLEEPING when this returns, before anything is awaited: the router sends
@@ -321,8 +321,10 @@ class Replica:
         sleep: not ready, requests in flight, no sleep mode, or the engine refused (it then
         serves on, or, when it does not say it is awake, is killed and restarted like a
         crash). Already asleep or falling asleep: that sleep's answer."""
-        if level not in (1, 2):
-            raise ValueError(f"sleep level must be 1 or 2, not {level}")
+        if level != 1:
+            # Level 2 drops the weights: a woken engine would need them reloaded (vLLM's
+            # RLHF use), which serving after a wake does not do.
+            raise ValueError(f"only sleep level 1 can be woken to serve again, not {level}")
         op = self._op
         if op is not None and not op.done():
             # Falling asleep already (True when it does), or waking: a request wants it.

@@ -327,12 +327,13 @@ class Supervisor:
         )
 
     async def sleep(self, model: str, level: int = 1) -> bool:
-        """Put every replica of the model to sleep (level 1: weights to CPU memory, 2: weights
-        dropped), all or none: only when each is ready (or already asleep) with nothing in
-        flight, and no change of the model is under way. Every replica leaves READY before
-        this first waits, so no request can reach a sleeping engine. True when all of them
-        sleep; False when the model was not put to sleep (a request came first, sleep mode
-        is off, or an engine refused: such a replica serves on, or is restarted)."""
+        """Put every replica of the model to sleep (level 1, the only one that can be woken
+        to serve: the weights move to CPU memory, the GPU is freed), all or none: only when
+        each is ready (or already asleep) with nothing in flight, and no change of the model
+        is under way. Every replica leaves READY before this first waits, so no request can
+        reach a sleeping engine. True when all of them sleep; False when the model was not
+        put to sleep (a request came first, sleep mode is off, or an engine refused: such a
+        replica serves on, or is restarted)."""
         group = self.replicas(model)
         if not self.can_sleep(model) or model in self._changes:
             return False

@@ -82,6 +82,9 @@ async def test_sleep_and_wake_keep_the_process_and_serve_after(
     replica = await started(sup, sleepy("--sleep-delay", "0.2", "--wake-delay", "0.3"))
     pid = replica.pid
     assert sup.can_sleep("fake") and not sup.asleep("fake")
+    with pytest.raises(ValueError, match="only sleep level 1"):
+        replica.sleep(2)  # level 2 drops the weights: a wake would serve garbage
+    assert replica.state is S.READY
 
     assert await sup.sleep("fake") is True
     assert replica.state is S.SLEEPING and sup.asleep("fake") and sup.ready("fake") == []
