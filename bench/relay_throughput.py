@@ -139,6 +139,8 @@ class Round:
     bytes: int
     wall_s: float
     dx_cpu_s: float
+    dx_reads: int  # read and write system calls of dx: how many chunks each one carried
+    dx_writes: int
     engine_cpu_s: float
     client_cpu_s: float
 
@@ -159,9 +161,11 @@ async def measure(
     """`tokens` chunks over `streams` concurrent streams; wall and CPU times around them."""
     per_stream = tokens // streams
     dx0, eng0, cli0 = cpu_time(dx.process.pid), cpu_time(engine.pid), time.process_time()
+    io0 = dx.process.io_counters()
     t0 = time.perf_counter()
     sizes = await asyncio.gather(*(stream(session, route, per_stream) for _ in range(streams)))
     wall = time.perf_counter() - t0
+    io = dx.process.io_counters()
     return Round(
         write_batch=write_batch,
         streams=streams,
@@ -170,6 +174,8 @@ async def measure(
         bytes=sum(sizes),
         wall_s=wall,
         dx_cpu_s=cpu_time(dx.process.pid) - dx0,
+        dx_reads=io.read_count - io0.read_count,
+        dx_writes=io.write_count - io0.write_count,
         engine_cpu_s=cpu_time(engine.pid) - eng0,
         client_cpu_s=time.process_time() - cli0,
     )
@@ -241,6 +247,10 @@ def summarise(rounds: list[Round]) -> list[dict[str, Any]]:
                 "chunks_per_s_max": max(rates),
                 "dx_cpu_us_per_chunk": statistics.median(r.dx_cpu_s / r.chunks * 1e6 for r in rs),
                 "dx_cpu_share": statistics.median(r.dx_cpu_s / r.wall_s for r in rs),
+                "chunks_per_dx_read": statistics.median(r.chunks / max(r.dx_reads, 1) for r in rs),
+                "chunks_per_dx_write": statistics.median(
+                    r.chunks / max(r.dx_writes, 1) for r in rs
+                ),
                 "engine_cpu_us_per_chunk": statistics.median(
                     r.engine_cpu_s / r.chunks * 1e6 for r in rs
                 ),
@@ -299,6 +309,7 @@ def render(report: Report) -> str:
                 f"{s['vs_direct']:.2f}",
                 f"{s['dx_cpu_us_per_chunk']:.2f}" if dx else "",
                 f"{s['dx_cpu_share']:.2f}" if dx else "",
+                f"{s['chunks_per_dx_read']:.1f} / {s['chunks_per_dx_write']:.1f}" if dx else "",
                 f"{s['engine_cpu_us_per_chunk']:.2f}",
                 f"{s['client_cpu_us_per_chunk']:.2f}",
             ]
@@ -311,6 +322,7 @@ def render(report: Report) -> str:
         "vs direct",
         "dx CPU µs/chunk",
         "dx CPU share of its core",
+        "chunks per dx read / write",
         "engine CPU µs/chunk",
         "client CPU µs/chunk",
     ]
