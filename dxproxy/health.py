@@ -73,6 +73,9 @@ def readiness(config: Config, supervisor: Supervisor | None) -> dict[str, Any]:
     return {"status": status, "models": models}
 
 
+ASLEEP = frozenset({EngineState.SLEEPING, EngineState.WAKING})
+
+
 def model_state(replicas: list[Replica], wanted: int) -> dict[str, Any]:
     ready = sum(1 for r in replicas if r.state is EngineState.READY)
     entry: dict[str, Any] = {"state": "ready", "replicas_ready": ready, "replicas": wanted}
@@ -88,6 +91,9 @@ def model_state(replicas: list[Replica], wanted: int) -> dict[str, Any]:
         else:
             after = "restarting"
         entry.update(state="failed", reason=f"{headline} ({after})")
+    elif replicas and all(r.state in ASLEEP for r in replicas):
+        # vLLM sleep mode: no request reaches it, and the next one wakes it (in about a second)
+        entry.update(state="ready", reason="asleep; wakes at its next request")
     elif not replicas:
         entry.update(state="starting", reason="not started yet")
     elif any(r.state is EngineState.STARTING for r in replicas):

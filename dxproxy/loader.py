@@ -90,6 +90,10 @@ class Loader:
             return model.name not in self._off
         return model.name in self._on
 
+    def serving(self, model: ModelConfig) -> bool:
+        """Running and awake (vLLM sleep mode: a sleeping engine must get no request)."""
+        return self.running(model) and not self.app[SUPERVISOR].asleep(model.name)
+
     def desired(self, config: Config) -> list[EngineSpec]:
         """The engines that should run: what `Supervisor.apply` is given."""
         names = {m.name for m in config.models}
@@ -101,7 +105,7 @@ class Loader:
     def expires_at(self, model: ModelConfig) -> float | None:
         """Unix time the model unloads if it stays idle; None: it stays loaded."""
         keep = self._keep.get(model.name, model.keep_alive if model.load == "on_demand" else -1)
-        if keep < 0 or not self.running(model):
+        if keep < 0 or not self.serving(model):
             return None
         last = self._on.get(model.name, time.monotonic())
         return time.time() + (last + keep - time.monotonic())
@@ -130,7 +134,7 @@ class Loader:
         that is not loaded, or that gives way to another, wait in line (first come, first
         loaded); a 503 (`Unavailable`) when it cannot be loaded."""
         model = ticket.model
-        if self.running(model) and model.name not in self._yielding:
+        if self.serving(model) and model.name not in self._yielding:
             self._admit(ticket)  # the fast path: no await, so nothing can change in between
             return
         self._waiting.setdefault(model.name, []).append(ticket)
@@ -193,7 +197,7 @@ class Loader:
             for model in self.app[CONFIG].models:
                 expires = self.expires_at(model)
                 if expires is not None and expires <= time.time() and self._idle(model):
-                    await self.unload(model)
+                    await self._retire(model)
 
     # -- turns -------------------------------------------------------------------------------
 
@@ -214,7 +218,7 @@ class Loader:
                 del self._waiting[name]
                 continue
             self._waiting[name] = tickets
-            if self.running(tickets[0].model) and name not in self._yielding:
+            if self.serving(tickets[0].model) and name not in self._yielding:
                 self._settle(name)
             elif first is None or tickets[0].seq < first.seq:
                 first = tickets[0]
@@ -244,6 +248,9 @@ class Loader:
                     if model.load == "on_demand":
                         self._on[model.name] = time.monotonic()
                     await self._apply()
+                elif not self.serving(model):
+                    await self._make_room(model)
+                    await self._wake(model)
         except Unavailable as exc:
             self._settle(model.name, exc)
         except Exception as exc:  # a bug must not leave requests waiting forever
@@ -255,10 +262,53 @@ class Loader:
             self._loading.discard(model.name)
             self._yielding.clear()
 
+    # -- vLLM sleep mode ---------------------------------------------------------------------
+
+    def _can_sleep(self, model: ModelConfig) -> bool:
+        return model.sleep_mode and self.app[SUPERVISOR].can_sleep(model.name)
+
+    async def _retire(self, model: ModelConfig) -> None:
+        """An idle model past its keep-alive sleeps if it can (level 1: its weights go to CPU
+        RAM, its engine stays up, and it wakes in about a second), or else unloads."""
+        if self._can_sleep(model):
+            async with self._lock:
+                if self._idle(model) and self.serving(model):
+                    await self._sleep(model)
+                    return
+        await self.unload(model)
+
+    async def _sleep(self, model: ModelConfig) -> bool:
+        # Supervisor.sleep refuses (False) if a request reached a replica first; the loader's
+        # own checks (`_idle`) cover the requests still waiting for their turn or a replica.
+        t0 = time.monotonic()
+        if not await self.app[SUPERVISOR].sleep(model.name):
+            return False
+        log.info("%s: asleep (%.2f s)", model.name, time.monotonic() - t0)
+        count_swap(model.name, "sleep")
+        return True
+
+    async def _wake(self, model: ModelConfig) -> None:
+        t0 = time.monotonic()
+        problems = await self.app[SUPERVISOR].wake(model.name)
+        count_swap(model.name, "wake")
+        if model.name in self._on:
+            self._on[model.name] = time.monotonic()
+        if problems:  # those replicas restart (awake); the requests wait for them in the queue
+            log.warning("%s: %s", model.name, "; ".join(problems))
+        else:
+            log.info("%s: awake (%.2f s)", model.name, time.monotonic() - t0)
+
     # -- room --------------------------------------------------------------------------------
 
     async def _apply(self) -> None:
         await self.app[SUPERVISOR].apply(self.desired(self.app[CONFIG]), wait=True)
+
+    def _resident(self, model: ModelConfig) -> bool:
+        """Holds its memory on its device: running, and not asleep on a GPU (a sleeping vLLM
+        keeps its weights in CPU RAM, so on the CPU it still counts)."""
+        if not self.running(model):
+            return False
+        return model.device == "cpu" or not self.app[SUPERVISOR].asleep(model.name)
 
     def _idle(self, model: ModelConfig) -> bool:
         if model.name in self._loading or model.name in self._users:
@@ -290,7 +340,7 @@ class Loader:
         need = await self._need(model)
         deadline = time.monotonic() + model.startup_timeout
         while True:
-            loaded = [m for m in self.app[CONFIG].models if self.running(m)]
+            loaded = [m for m in self.app[CONFIG].models if m is not model and self._resident(m)]
             same_device = [m for m in loaded if m.device == model.device]
             used = sum([await self._need(m) for m in same_device])
             budget = await self._budget(model.device)
@@ -302,10 +352,13 @@ class Loader:
             idle = [m for m in victims if self._idle(m)]
             if idle:
                 victim = idle[0]
+                self._yielding.discard(victim.name)
+                # On a GPU, a model that can sleep frees the GPU by sleeping: the fast way back.
+                if victim.device != "cpu" and self._can_sleep(victim) and await self._sleep(victim):
+                    continue
                 log.info("%s: unloading %s (idle) to make room", model.name, victim.name)
                 count_swap(victim.name, "evict")
                 self._on.pop(victim.name, None)
-                self._yielding.discard(victim.name)
                 await self._apply()  # waits until it is stopped and its memory is back
                 continue
             if victims and time.monotonic() < deadline:
