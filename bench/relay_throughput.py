@@ -2,7 +2,7 @@
 engine streams as fast as it can: OpenAI pass-through and Ollama translation, next to the
 engine read directly.
 
-    .venv/bin/python bench/relay_throughput.py                      # ≈ 30 s
+    .venv/bin/python bench/relay_throughput.py                      # ≈ 20 s
     .venv/bin/python bench/relay_throughput.py --tokens 20000 --reps 3 --streams 1 --write-batch 1
 
 It starts `dx serve` on the fake engine of bench/proxy_overhead.py (bench/fake_openai_engine.py:
