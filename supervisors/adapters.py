@@ -12,10 +12,13 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from supervisors.spec import EngineKind, EngineSpec
 
 LOOPBACK = "127.0.0.1"
+# Modules loaded into an engine's own interpreter (dx_key_guard for vLLM); nothing else there.
+VLLM_PLUGINS = Path(__file__).with_name("vllm_plugins")
 # llama-server: the KV cache DX sizes slots from. A replica gets as many parallel slots as
 # this many tokens hold of the model's context (at least 1, at most MAX_SLOTS): 16 slots of
 # 2048 tokens for the embedded default. Measured in docs/PERFORMANCE.md.
@@ -210,6 +213,8 @@ class Vllm(EngineAdapter):
             argv += ["--enable-sleep-mode"]
         if spec.embeddings:
             argv += ["--runner", "pooling"]
+        # vLLM's own key check covers /v1 and a few more; this covers the rest (its module).
+        argv += ["--middleware", "dx_key_guard.KeyGuard"]
         return argv
 
     def can_sleep(self, spec: EngineSpec) -> bool:
@@ -218,9 +223,11 @@ class Vllm(EngineAdapter):
 
     def engine_env(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
         env = {"HF_HUB_OFFLINE": "1"} if os.path.isdir(spec.model) else {}
+        path = os.environ.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(VLLM_PLUGINS) + (os.pathsep + path if path else "")
         if spec.sleep_mode:
             # /sleep and /wake_up are dev-mode endpoints; they stay on loopback behind the
-            # engine's own key, like everything else.
+            # engine's own key (dx_key_guard: vLLM's --api-key alone leaves them open).
             env["VLLM_SERVER_DEV_MODE"] = "1"
         return env
 

@@ -145,6 +145,22 @@ def test_llama_cpp_python_gets_one_request_per_replica(dx3: DxProcess) -> None:
     assert [r["capacity"] for r in replicas] == [1, 1]  # type: ignore[index,union-attr]
 
 
+def test_no_engine_answers_a_local_user_without_its_key(dx3: DxProcess) -> None:
+    """Every engine has its own key, so no local user gets around DX's keys and limits on the
+    engines' loopback ports: llama-server's and llama-cpp-python's own checks, and for vLLM
+    (whose --api-key covers only /v1 and a few prefixes) DX's dx_key_guard middleware too."""
+    chat = {"model": "x", "messages": QUESTION, "max_tokens": 1}
+    for name in ["smollm2", "smollm2-py", "smollm2-vllm"]:
+        port = admin_models(dx3)[f"{name}:latest"]["replicas"][0]["port"]  # type: ignore[index]
+        url = f"http://127.0.0.1:{port}"
+        resp = httpx.post(url + "/v1/chat/completions", json=chat, timeout=30)
+        assert resp.status_code == 401, (name, resp.text)
+    # vLLM's routes outside /v1: SageMaker's /invocations generates, /tokenize reads the model.
+    assert httpx.post(url + "/invocations", json=chat, timeout=30).status_code == 401
+    assert httpx.post(url + "/tokenize", json={"prompt": "hi"}, timeout=30).status_code == 401
+    assert httpx.get(url + "/health", timeout=30).status_code == 200  # liveness stays open
+
+
 def wait_ready_again(dx: DxProcess, model: str, old_pid: int, within: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < within:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from supervisors.adapters import ADAPTERS, KV_TOKENS, Launch
 from supervisors.spec import EngineSpec
@@ -85,6 +87,11 @@ def test_vllm_tensor_parallel_and_sleep_mode() -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["VLLM_SERVER_DEV_MODE"] == "1"
     assert env["VLLM_NO_USAGE_STATS"] == "1"  # no telemetry
     assert env["VLLM_API_KEY"] == "k"
+    # The engine key on every route, not just /v1 (vLLM's own check): DX's middleware.
+    assert flag(argv, "--middleware") == "dx_key_guard.KeyGuard"
+    plugins = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+    assert (plugins / "dx_key_guard.py").is_file() and list(plugins.glob("*.py")) == [
+        plugins / "dx_key_guard.py"]  # nothing of DX besides it lands in vLLM's interpreter
     assert adapter.parallel(spec) > 1
     one = adapter.argv(EngineSpec(name="s", kind="vllm", model="org/s"), Launch(1, "k", (0,)))
     assert "--tensor-parallel-size" not in one and "--enable-sleep-mode" not in one
