@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from dxproxy.api.common import EngineStreamError, call_engine, sse_events, stream_cut
+from dxproxy.api.common import EngineStreamError, call_engine, sse_batches, stream_cut
 from dxproxy.api.usage import report_usage
 from dxproxy.catalog import display_name
 from dxproxy.config import ModelConfig
@@ -50,8 +50,8 @@ class Reply:
     first_ns: int = 0
     last_ns: int = 0
 
-    def chunk(self, text: str, *, done: bool, thinking: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.name, "created_at": now_rfc3339()}
+    def chunk(self, text: str, *, done: bool, thinking: str = "", at: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.name, "created_at": at or now_rfc3339()}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if thinking:
@@ -148,10 +148,10 @@ async def relay_stream(
     early = None if collect else loading_stream(request, reply)
     async with call_engine(request, model, path, payload, started, early) as call:
         out = None if early is None else await early.response()
-        events = sse_events(call.response)
+        batches = sse_batches(call.response)
         while True:
             try:
-                event = await anext(events)
+                batch = await anext(batches)
             except StopAsyncIteration:
                 break
             except (EngineStreamError, aiohttp.ClientError, TimeoutError) as exc:
@@ -160,12 +160,19 @@ async def relay_stream(
                 # Headers are sent: Ollama's way is one last line with the error, no done.
                 await out.write(orjson.dumps({"error": stream_cut(model, exc)}) + b"\n")
                 return out
-            text, thinking, logprobs = reply.take(event)
-            if out is not None and (text or thinking):
-                chunk = reply.chunk(text, done=False, thinking=thinking)
-                if logprobs:
-                    chunk["logprobs"] = logprobs
-                await out.write(orjson.dumps(chunk) + b"\n")
+            # One line per token, and one write per batch of tokens that arrived together.
+            lines = []
+            at = now_rfc3339()
+            for event in batch:
+                text, thinking, logprobs = reply.take(event)
+                if out is not None and (text or thinking):
+                    chunk = reply.chunk(text, done=False, thinking=thinking, at=at)
+                    if logprobs:
+                        chunk["logprobs"] = logprobs
+                    lines.append(orjson.dumps(chunk))
+            if lines and out is not None:
+                lines.append(b"")
+                await out.write(b"\n".join(lines))
 
         calls = reply.tool_calls()
         if calls and out is not None:
