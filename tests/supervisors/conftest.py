@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from supervisors.placement import Inventory
 from supervisors.process import Replica
 from supervisors.spec import EngineSpec
 from supervisors.states import EngineState, StateChange
+from supervisors.supervisor import Supervisor
 from tests.conftest import FAKE_ENGINE
 
 S = EngineState
@@ -35,6 +37,14 @@ def sleepy(*args: str, startup_timeout: float = 20, parallel: int | None = None)
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+@pytest.fixture
+async def sup(session: aiohttp.ClientSession) -> AsyncIterator[Supervisor]:
+    """A supervisor with no GPUs, a 2 s stop grace and a 5 s drain."""
+    s = Supervisor(session, grace=2, inventory=Inventory(), drain_timeout=5)
+    yield s
+    await s.close()
 
 
 class Recorder:

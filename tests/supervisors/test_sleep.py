@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,6 @@ import pytest
 from dxproxy.config import LimitsConfig
 from dxproxy.router import Router
 from supervisors.adapters import ADAPTERS
-from supervisors.placement import Inventory
 from supervisors.process import LIVENESS_FAILURES, LIVENESS_INTERVAL, Replica
 from supervisors.spec import EngineSpec
 from supervisors.states import EngineState
@@ -30,13 +28,6 @@ from supervisors.supervisor import Supervisor
 from tests.supervisors.conftest import Recorder, fake, sleepy
 
 S = EngineState
-
-
-@pytest.fixture
-async def sup(session: aiohttp.ClientSession) -> AsyncIterator[Supervisor]:
-    s = Supervisor(session, grace=2, inventory=Inventory(), drain_timeout=5)
-    yield s
-    await s.close()
 
 
 async def started(s: Supervisor, spec: EngineSpec) -> Replica:

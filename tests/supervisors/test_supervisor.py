@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
-import aiohttp
 import psutil
-import pytest
 
-from supervisors.placement import Inventory
 from supervisors.spec import EngineSpec
 from supervisors.states import EngineState
 from supervisors.supervisor import Supervisor
 from tests.supervisors.conftest import fake
 
 S = EngineState
-
-
-@pytest.fixture
-async def sup(session: aiohttp.ClientSession) -> AsyncIterator[Supervisor]:
-    s = Supervisor(session, grace=2, inventory=Inventory(), drain_timeout=5)
-    yield s
-    await s.close()
 
 
 def pids(s: Supervisor, name: str = "fake") -> list[int | None]:
