@@ -192,12 +192,15 @@ class Loader:
                 async with asyncio.timeout(EXPIRY_CHECK):
                     await self._wanted.wait()
             self._wanted.clear()
-            while (model := self._next_wanted()) is not None:
-                await self._bring(model)
-            for model in self.app[CONFIG].models:
-                expires = self.expires_at(model)
-                if expires is not None and expires <= time.time() and self._idle(model):
-                    await self._retire(model)
+            try:
+                while (model := self._next_wanted()) is not None:
+                    await self._bring(model)
+                for model in self.app[CONFIG].models:
+                    expires = self.expires_at(model)
+                    if expires is not None and expires <= time.time() and self._idle(model):
+                        await self._retire(model)
+            except Exception:  # a bug here must not stop every later load and unload
+                log.exception("loader: unexpected error; carrying on")
 
     # -- turns -------------------------------------------------------------------------------
 
