@@ -8,8 +8,11 @@ them in its prompt cache and reads only the new turn. Without affinity, least-bu
 sends a follow-up to either replica, and the other one reads the whole conversation again.
 The bench runs the same chats twice (`affinity: true`, then `affinity: false`), 4 at a time,
 each turn streamed, each with a long system prompt of its own (what makes re-reading
-expensive), and reports
-time to first token of the follow-up turns (the first turn is the same in both runs).
+expensive), and a visitor's think time between turns (0 to 1.5 s, the same seeded sequence in
+both runs: without it the chats run in lockstep and least-busy routing happens to send every
+follow-up back to the same replica). It reports time to first token of the follow-up turns
+(mean, p50, p99; the first turn is the same in both runs) and how many of them the engine read
+from its cache.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -46,20 +50,27 @@ QUESTIONS = [
 ]
 
 
-async def chat(session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float]) -> None:
+async def chat(
+    session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float], cached: list[bool]
+) -> None:
     messages: list[dict[str, str]] = [{"role": "system", "content": system(n)}]
+    think = random.Random(n)  # the same pauses with and without affinity
     for turn, q in enumerate(QUESTIONS):
+        if turn:
+            await asyncio.sleep(think.uniform(0, 1.5))
         messages.append({"role": "user", "content": f"(visitor {n}) {q}"})
         body = {
             "model": "smollm2",
             "messages": messages,
             "max_tokens": 16,
             "stream": True,
+            "stream_options": {"include_usage": True},  # cached_tokens: the cache at work
             "temperature": 0,
         }
         t0 = time.monotonic()
         first = None
         text = []
+        usage: dict[str, Any] = {}
         async with session.post(
             dx.url + "/v1/chat/completions",
             json=body,
@@ -69,26 +80,32 @@ async def chat(session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float])
             async for line in resp.content:
                 if not line.startswith(b"data: {"):
                     continue
-                delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {})
+                event = json.loads(line[6:])
+                usage = event.get("usage") or usage
+                delta = (event.get("choices") or [{}])[0].get("delta", {})
                 if delta.get("content"):
                     first = first or time.monotonic() - t0
                     text.append(delta["content"])
         if turn and first is not None:
             out.append(first)
+            # Most of the conversation read from the engine's cache: it had the earlier turns.
+            hit = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            cached.append(hit > usage.get("prompt_tokens", 0) // 2)
         messages.append({"role": "assistant", "content": "".join(text)})
 
 
-async def run(dx: Dx, chats: int) -> list[float]:
+async def run(dx: Dx, chats: int) -> tuple[list[float], list[bool]]:
     ttft: list[float] = []
+    cached: list[bool] = []
     sem = asyncio.Semaphore(4)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
 
         async def one(n: int) -> None:
             async with sem:
-                await chat(session, dx, n, ttft)
+                await chat(session, dx, n, ttft, cached)
 
         await asyncio.gather(*(one(n) for n in range(chats)))
-    return ttft
+    return ttft, cached
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,23 +125,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine == "llamacpp":
             model["parallel"] = 4
         with run_dx(f"affinity {affinity}", model, timeout=300) as dx:
-            ttft = asyncio.run(run(dx, args.chats))
-        rows.append((affinity, ttft))
+            ttft, cached = asyncio.run(run(dx, args.chats))
+        rows.append((affinity, ttft, cached))
         print(
             json.dumps(
                 {
                     "affinity": affinity,
                     "follow_ups": len(ttft),
+                    "ttft_mean_ms": round(sum(ttft) / len(ttft) * 1000),
                     "ttft_p50_ms": round(pct(ttft, 0.5) * 1000),
                     "ttft_p99_ms": round(pct(ttft, 0.99) * 1000),
+                    "read_from_cache": f"{sum(cached)} of {len(cached)}",
                 }
             ),
             flush=True,
         )
-    on, off = (pct(t, 0.5) for _, t in rows)
+    (on, on_hits), (off, off_hits) = ((sum(t) / len(t), sum(c)) for _, t, c in rows)
     print(
-        f"| {args.engine}, 2 replicas | follow-up TTFT p50 with affinity {on * 1000:.0f} ms "
-        f"| without {off * 1000:.0f} ms | {off / on:.2f}x |"
+        f"| {args.engine}, 2 replicas | follow-up TTFT mean with affinity {on * 1000:.0f} ms "
+        f"({on_hits} of {len(rows[0][1])} from cache) | without {off * 1000:.0f} ms "
+        f"({off_hits} from cache) | {off / on:.2f}x |"
     )
     return 0
 

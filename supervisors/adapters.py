@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from supervisors.spec import EngineKind, EngineSpec
 
 LOOPBACK = "127.0.0.1"
@@ -100,6 +102,23 @@ class EngineAdapter:
         return {"slots": str(self.parallel(spec))}
 
 
+def cpu_threads(spec: EngineSpec) -> int:
+    """Threads for one CPU replica: the cores DX may use, shared between the model's replicas.
+
+    llama.cpp gives every process all the cores, and its threads wait for each other at every
+    step; two replicas computing at once on the same cores then thrash. Measured on 2 cores,
+    2 llama-server replicas x 4 slots, 4 chats: 25 to 58 s per 16-token answer with the
+    default (2 threads each), 0.65 to 0.76 s with 1 thread each (docs/PERFORMANCE.md)."""
+    return max(1, usable_cores() // max(1, spec.replicas))
+
+
+@functools.cache
+def usable_cores() -> int:
+    """The physical cores (what llama.cpp computes on) among the CPUs DX may run on."""
+    cores = len(os.sched_getaffinity(0))
+    return min(cores, psutil.cpu_count(logical=False) or cores)
+
+
 class LlamaServer(EngineAdapter):
     """Native llama.cpp `llama-server`: parallel slots with continuous batching on one copy
     of the weights, usage and timings in every reply, Prometheus metrics."""
@@ -141,18 +160,23 @@ class LlamaServer(EngineAdapter):
         ]  # fmt: skip
         flash, cache = self.attention(launch)
         argv += ["--flash-attn", flash, "--cache-type-k", cache, "--cache-type-v", cache]
+        if not launch.gpus:
+            argv += ["--threads", str(cpu_threads(spec))]
         if spec.embeddings:
             argv += ["--embeddings"]
         return argv
 
     def settings(self, spec: EngineSpec, launch: Launch) -> dict[str, str]:
         flash, cache = self.attention(launch)
-        return {
+        out = {
             "slots": str(self.parallel(spec)),
             "flash_attention": flash,
             "kv_cache": cache,
             "gpu_layers": "all" if launch.gpus else "0",
         }
+        if not launch.gpus:
+            out["threads"] = str(cpu_threads(spec))
+        return out
 
 
 class LlamaCppPython(EngineAdapter):
@@ -167,6 +191,7 @@ class LlamaCppPython(EngineAdapter):
     live_path = "/openapi.json"
 
     def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        threads = cpu_threads(spec)
         return [
             spec.program or sys.executable,
             "-m", "llama_cpp.server",
@@ -180,6 +205,10 @@ class LlamaCppPython(EngineAdapter):
             # stream short. DX queues instead, so the engine must never interrupt.
             "--interrupt_requests", "false",
             *(["--embedding", "true"] if spec.embeddings else []),
+            # One replica keeps llama-cpp-python's own choice (half the cores to generate,
+            # measured faster here than all of them); several share the cores out.
+            *(["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+              if spec.replicas > 1 and not launch.gpus else []),
         ]  # fmt: skip
 
     def cancels_only_streams(self, spec: EngineSpec) -> bool:
