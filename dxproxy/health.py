@@ -21,7 +21,7 @@ from dxproxy.errors import json_response
 from dxproxy.keys import CONFIG, SUPERVISOR
 from dxproxy.scrub import scrub_paths
 from supervisors.process import Replica
-from supervisors.states import EngineState
+from supervisors.states import ASLEEP, EngineState
 from supervisors.supervisor import Supervisor
 
 routes = web.RouteTableDef()
@@ -71,9 +71,6 @@ def readiness(config: Config, supervisor: Supervisor | None) -> dict[str, Any]:
     else:
         status = "unavailable"
     return {"status": status, "models": models}
-
-
-ASLEEP = frozenset({EngineState.SLEEPING, EngineState.WAKING})
 
 
 def model_state(replicas: list[Replica], wanted: int) -> dict[str, Any]:

@@ -451,27 +451,28 @@ class Replica:
         self._wedged_why = why + ": killed it"
         self._wedged.set()
 
-    async def _dev_post(self, path: str, params: Mapping[str, str] | None = None) -> None:
-        async with self._session.post(
+    async def _dev_call(
+        self, method: str, path: str, params: Mapping[str, str] | None = None
+    ) -> object:
+        """One call to vLLM's dev-mode API with the engine's key: its JSON answer (None
+        for a POST), or DevCallFailed with the status and the start of the body."""
+        async with self._session.request(
+            method,
             self.base_url + path,
-            params=params,  # vLLM reads the level from the query string only
+            params=params,  # vLLM reads the sleep level from the query string only
             headers=self.headers,
             timeout=aiohttp.ClientTimeout(total=self.spec.startup_timeout),
         ) as resp:
             if resp.status != 200:
                 text = (await resp.text(errors="replace")).strip()[:200]
                 raise DevCallFailed(f"{path} answered {resp.status}: {text}", resp.status)
+            return await resp.json(content_type=None) if method == "GET" else None
+
+    async def _dev_post(self, path: str, params: Mapping[str, str] | None = None) -> None:
+        await self._dev_call("POST", path, params)
 
     async def _is_sleeping(self) -> bool:
-        async with self._session.get(
-            self.base_url + "/is_sleeping",
-            headers=self.headers,
-            timeout=aiohttp.ClientTimeout(total=self.spec.startup_timeout),
-        ) as resp:
-            if resp.status != 200:
-                text = (await resp.text(errors="replace")).strip()[:200]
-                raise DevCallFailed(f"/is_sleeping answered {resp.status}: {text}", resp.status)
-            data = await resp.json(content_type=None)
+        data = await self._dev_call("GET", "/is_sleeping")
         value = data.get("is_sleeping") if isinstance(data, dict) else None
         if not isinstance(value, bool):
             raise DevCallFailed(f"/is_sleeping answered {str(data)[:200]}")

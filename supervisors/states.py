@@ -21,6 +21,10 @@ class EngineState(StrEnum):
     WAKING = "waking"  # /wake_up called; ready once the engine says it is awake
 
 
+# Asleep for a request's purposes: it must be woken (`Supervisor.wake`) before it serves.
+ASLEEP = frozenset({EngineState.SLEEPING, EngineState.WAKING})
+
+
 # Every allowed move. Anything else is a bug and raises, rather than being papered over.
 TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
     EngineState.STOPPED: frozenset({EngineState.STARTING}),

@@ -39,7 +39,7 @@ from supervisors.logs import LogFiles
 from supervisors.placement import Inventory, PlacementError, place, read_gpus
 from supervisors.process import Replica
 from supervisors.spec import EngineSpec
-from supervisors.states import EngineState, StateChange
+from supervisors.states import ASLEEP, EngineState, StateChange
 
 log = logging.getLogger("dx.supervisor")
 
@@ -322,9 +322,7 @@ class Supervisor:
     def asleep(self, model: str) -> bool:
         """True when a replica of the model sleeps or is waking: a request for it waits
         until `wake(model)` is done (the router picks only ready replicas)."""
-        return any(
-            r.state in (EngineState.SLEEPING, EngineState.WAKING) for r in self.replicas(model)
-        )
+        return any(r.state in ASLEEP for r in self.replicas(model))
 
     async def sleep(self, model: str, level: int = 1) -> bool:
         """Put every replica of the model to sleep (level 1, the only one that can be woken
@@ -347,8 +345,7 @@ class Supervisor:
         """Wake every sleeping replica of the model; return when each is ready or its wake
         failed. Returns one line per replica that did not wake (it is killed and restarted,
         awake; the line says why); [] when all are awake."""
-        asleep = (EngineState.SLEEPING, EngineState.WAKING)
-        group = [r for r in self.replicas(model) if r.state in asleep]
+        group = [r for r in self.replicas(model) if r.state in ASLEEP]
         woken = await asyncio.gather(*(r.wake() for r in group))
         return [
             f"{r.id} did not wake up: {r.wake_error or 'it was stopped'}"
