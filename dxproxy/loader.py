@@ -75,7 +75,6 @@ class Loader:
         self._on: dict[str, float] = {}  # on-demand models loaded -> last used (monotonic)
         self._off: set[str] = set()  # models loaded at start, unloaded by a request
         self._keep: dict[str, float] = {}  # the last request's keep_alive, seconds
-        self._loading: set[str] = set()
         self._users: collections.Counter[str] = collections.Counter()  # admitted requests
         self._waiting: dict[str, list[Ticket]] = {}  # requests for models not serving now
         self._yielding: set[str] = set()  # models that finish their batch, then give way
@@ -240,7 +239,6 @@ class Loader:
                 ticket.future.set_exception(error)
 
     async def _bring(self, model: ModelConfig) -> None:
-        self._loading.add(model.name)
         try:
             async with self._lock:
                 if not self.running(model):
@@ -262,7 +260,6 @@ class Loader:
         else:
             self._settle(model.name)
         finally:
-            self._loading.discard(model.name)
             self._yielding.clear()
 
     # -- vLLM sleep mode ---------------------------------------------------------------------
@@ -314,7 +311,9 @@ class Loader:
         return model.device == "cpu" or not self.app[SUPERVISOR].asleep(model.name)
 
     def _idle(self, model: ModelConfig) -> bool:
-        if model.name in self._loading or model.name in self._users:
+        # Asked only by the loader's own task (expiry, making room), which finishes a load
+        # before it asks again: a load in progress needs no mark of its own.
+        if model.name in self._users:
             return False
         if self.app[ROUTER].waiting(model.name):
             return False
