@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fairness.py [--flood 32]
 
-DX serves the fake engine (tests/fake_engine.py; each request takes about 0.3 s: six
+DX serves the fake engine (tests/fakes/fake_engine.py; each request takes about 0.3 s: six
 chunks 50 ms apart) with one slot, so every request queues in DX. Two API keys (from
 `auth.keys`). The light key's request is timed three ways:
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--flood", type=int, default=32)
     args = p.parse_args(argv)
-    fake = str(ROOT / "tests" / "fake_engine.py")
+    fake = str(ROOT / "tests" / "fakes" / "fake_engine.py")
     model = {
         "engine": "llamacpp",
         "model": fake,

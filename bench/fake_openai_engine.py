@@ -18,7 +18,7 @@ into one write: the engine then spends far less CPU per token (one send for N), 
 benchmark of how many chunks a proxy relays per second measures the proxy, not this engine
 (bench/relay_throughput.py sets the variable; `dx serve` passes its environment to engines).
 
-It is separate from tests/fake_engine.py (the fault-injecting engine of the test suite) on
+It is separate from tests/fakes/fake_engine.py (the fault-injecting engine of the test suite) on
 purpose: this one stays small and fast, and the benchmark does not move when the tests do.
 """
 

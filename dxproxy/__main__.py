@@ -1,3 +1,3 @@
-from dxproxy.main import cli
+from dxproxy.cli.main import cli
 
 cli()

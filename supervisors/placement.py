@@ -1,4 +1,4 @@
-"""Which GPUs each replica gets. GPUs are read with NVML (pynvml); no driver means CPU.
+"""Which GPUs each replica gets (GPUs as supervisors/gpus.py reads them; none means CPU).
 
 Rules, per model:
 - `gpus: [0, 1]` with one replica: that replica sees both (vLLM runs tensor parallel over
@@ -12,44 +12,9 @@ Rules, per model:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from supervisors.gpus import Gpu, Inventory
 from supervisors.spec import EngineSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Gpu:
-    index: int
-    name: str
-    total: int  # bytes
-    free: int  # bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Inventory:
-    gpus: tuple[Gpu, ...] = ()
-    note: str = ""  # why there are none, when there are none
-
-
-def read_gpus() -> Inventory:
-    """The machine's NVIDIA GPUs. Blocking (NVML can take a moment): call it off the loop."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError, missing libnvidia-ml: both mean "no usable GPU"
-        return Inventory(note=f"no NVIDIA driver (NVML: {exc})")
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(Gpu(i, str(pynvml.nvmlDeviceGetName(handle)), mem.total, mem.free))
-        return Inventory(tuple(gpus), "" if gpus else "the NVIDIA driver sees no GPU")
-    except Exception as exc:
-        return Inventory(note=f"NVML failed: {exc}")
-    finally:
-        pynvml.nvmlShutdown()
 
 
 class PlacementError(ValueError):

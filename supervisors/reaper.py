@@ -8,7 +8,8 @@ reaper kills every group it was told about, then exits. A normal shutdown stops 
 first and then closes the pipe, so the reaper finds nothing left to do.
 
 Protocol on stdin, one line each: `+PGID` (an engine group to kill if DX dies), `-PGID` (it
-was stopped). Run as `python -m supervisors.reaper`.
+was stopped). Run by path (`python .../supervisors/reaper.py`): it needs only the standard
+library, so it starts without importing the engine layer.
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ class EngineSpec:
 
     @property
     def device(self) -> str:
-        if self.gpu_auto:
-            return f"gpu auto:{self.gpu_auto}"
-        return "gpu " + ",".join(map(str, self.gpus)) if self.gpus else "cpu"
+        return device_label(self.gpus, self.gpu_auto)
+
+
+def device_label(gpus: tuple[int, ...], gpu_auto: int = 0) -> str:
+    """Where an engine runs, as DX shows it everywhere: `cpu`, `gpu 0,1`, `gpu auto:2`."""
+    if gpu_auto:
+        return f"gpu auto:{gpu_auto}"
+    return "gpu " + ",".join(map(str, gpus)) if gpus else "cpu"

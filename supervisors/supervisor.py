@@ -35,8 +35,9 @@ from pathlib import Path
 import aiohttp
 
 from supervisors.adapters import ADAPTERS
+from supervisors.gpus import Inventory, read_gpus
 from supervisors.logs import LogFiles
-from supervisors.placement import Inventory, PlacementError, place, read_gpus
+from supervisors.placement import PlacementError, place
 from supervisors.process import Replica
 from supervisors.spec import EngineSpec
 from supervisors.states import ASLEEP, EngineState, StateChange
@@ -52,7 +53,7 @@ class Reaper:
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisors.reaper"],
+            [sys.executable, str(Path(__file__).with_name("reaper.py"))],
             stdin=subprocess.PIPE,
             start_new_session=True,  # terminal signals (Ctrl-C) reach DX, not the reaper
             text=True,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKE_ENGINE = str(ROOT / "tests" / "fake_engine.py")
+FAKE_ENGINE = str(ROOT / "tests" / "fakes" / "fake_engine.py")
 DX = [sys.executable, "-m", "dxproxy"]
 
 
@@ -49,7 +49,7 @@ def gemma_path() -> Path:
 
 
 def fake_model(**extra: object) -> dict[str, object]:
-    """A model entry whose engine is tests/fake_engine.py. `model` must name an existing file
+    """A model entry whose engine is tests/fakes/fake_engine.py. `model` must name an existing file
     (the config checks it); the fake engine ignores it, so it names itself."""
     args = [str(a) for a in extra.pop("engine_args", [])]  # type: ignore[attr-defined]
     return {"engine": "llamacpp", "model": str(Path(FAKE_ENGINE)),
@@ -89,7 +89,8 @@ class DxProcess:
         try:
             for c in psutil.Process(self.proc.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    if "supervisors.reaper" not in c.cmdline():  # DX's helper, not an engine
+                    # DX's helper (run by path: supervisors/reaper.py), not an engine
+                    if not any(a.endswith("reaper.py") for a in c.cmdline()):
                         out.append(c.pid)
         except psutil.NoSuchProcess:
             pass

@@ -11,12 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from dxproxy.catalog import display_name
-from dxproxy.errors import ApiError, json_response
-from dxproxy.keys import CONFIG, ROUTER, SUPERVISOR
-from dxproxy.loader import LOADER
-from dxproxy.reload import RELOADER
-from supervisors.process import TAIL_LINES, Replica
+from dxproxy.http.errors import ApiError, json_response
+from dxproxy.http.state import LIVE, LOADER, RELOADER, ROUTER, SUPERVISOR
+from dxproxy.models.catalog import display_name
+from supervisors import TAIL_LINES, Replica
 
 routes = web.RouteTableDef()
 
@@ -29,11 +27,11 @@ async def models(request: web.Request) -> web.Response:
         raise ApiError(400, "lines: expected a whole number of output lines") from None
     supervisor, router = request.app[SUPERVISOR], request.app[ROUTER]
     out = []
-    for m in request.app[CONFIG].models:
+    for m in request.app[LIVE].config.models:
         out.append(
             {
                 "name": display_name(m.name),
-                "engine": m.spec().kind,
+                "engine": m.kind,
                 "device": m.device,
                 "placement_note": supervisor.placement_notes.get(m.name, ""),
                 "load": m.load,

@@ -13,10 +13,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from dxproxy.api.common import EngineStreamError, call_engine, sse_events, stream_cut
-from dxproxy.api.usage import report_usage
+from dxproxy.api.engine import call_engine, stream_cut
+from dxproxy.api.sse import EngineStreamError, sse_events
 from dxproxy.config import ModelConfig
-from dxproxy.errors import ApiError
+from dxproxy.http.errors import ApiError
+from dxproxy.http.usage import report_usage
 
 
 @dataclass(slots=True)

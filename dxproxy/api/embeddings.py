@@ -21,11 +21,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from dxproxy.api.common import call_engine
-from dxproxy.api.usage import report_usage
-from dxproxy.catalog import serves_embeddings
+from dxproxy.api.engine import call_engine
 from dxproxy.config import ModelConfig
-from dxproxy.errors import ApiError
+from dxproxy.http.errors import ApiError
+from dxproxy.http.usage import report_usage
+from dxproxy.models.catalog import serves_embeddings
 
 # Past this many numbers, normalising runs in a thread: the event loop serves other requests.
 _INLINE_FLOATS = 50_000

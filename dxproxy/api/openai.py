@@ -16,19 +16,20 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from dxproxy.api.common import call_engine, read_json, resolve_model, stream_cut
 from dxproxy.api.embeddings import embed, to_base64
-from dxproxy.api.usage import report_usage, usage_of
-from dxproxy.config import ModelConfig
-from dxproxy.early import EarlyStream
-from dxproxy.errors import ApiError, error_body, json_response
-from dxproxy.keys import CATALOG
-from dxproxy.schemas import (
+from dxproxy.api.engine import call_engine, stream_cut
+from dxproxy.api.request import read_json, resolve_model
+from dxproxy.api.schemas import (
     OpenAIChatRequest,
     OpenAICompletionRequest,
     OpenAIEmbeddingRequest,
     check,
 )
+from dxproxy.config import ModelConfig
+from dxproxy.http.early import EarlyStream
+from dxproxy.http.errors import ApiError, error_body, json_response
+from dxproxy.http.state import LIVE
+from dxproxy.http.usage import report_usage, usage_of
 
 routes = web.RouteTableDef()
 
@@ -37,7 +38,7 @@ routes = web.RouteTableDef()
 async def models(request: web.Request) -> web.Response:
     data = [
         {"id": m.name, "object": "model", "created": m.modified_unix, "owned_by": "dx"}
-        for m in request.app[CATALOG].models
+        for m in request.app[LIVE].catalog.models
     ]
     return json_response({"object": "list", "data": data})
 
@@ -45,7 +46,7 @@ async def models(request: web.Request) -> web.Response:
 @routes.get("/v1/models/{model:.+}")
 async def model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    info = request.app[CATALOG].get(resolve_model(request, name).name)
+    info = request.app[LIVE].catalog.get(resolve_model(request, name).name)
     created = info.modified_unix if info else 0
     return json_response({"id": name, "object": "model", "created": created, "owned_by": "dx"})
 
@@ -189,7 +190,7 @@ class _UsageRelay:
 
 
 def loading_stream(request: web.Request, model: ModelConfig) -> EarlyStream:
-    """The SSE reply, started early while the model loads (dxproxy/early.py): comment lines,
+    """The SSE reply, started early while the model loads (dxproxy/http/early.py): comment lines,
     which SSE clients skip, until the engine answers."""
 
     def notice(seconds: float) -> bytes:

@@ -14,13 +14,14 @@ import orjson
 from aiohttp import web
 
 from dxproxy.api import chatcall
-from dxproxy.api.common import EngineStreamError, resolve_model
 from dxproxy.api.ollama.request import check_vision, jsonable, tools_payload
-from dxproxy.catalog import display_name
+from dxproxy.api.request import resolve_model
+from dxproxy.api.schemas import ResponsesRequest, Tool, ToolFunction, decode
+from dxproxy.api.sse import EngineStreamError
 from dxproxy.config import ModelConfig
-from dxproxy.errors import ApiError, json_response
-from dxproxy.keys import CATALOG
-from dxproxy.schemas import ResponsesRequest, Tool, ToolFunction, decode
+from dxproxy.http.errors import ApiError, json_response
+from dxproxy.http.state import LIVE
+from dxproxy.models.catalog import display_name
 
 routes = web.RouteTableDef()
 
@@ -82,7 +83,7 @@ def _payload(req: ResponsesRequest, model: ModelConfig, request: web.Request) ->
     for key in ("temperature", "top_p"):
         if getattr(req, key) is not None:
             payload[key] = getattr(req, key)
-    info = request.app[CATALOG].get(model.name)
+    info = request.app[LIVE].catalog.get(model.name)
     if req.tools:
         tools = []
         for n, t in enumerate(req.tools):

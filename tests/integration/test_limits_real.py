@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from dxproxy.keystore import create_key
+from dxproxy.keys.store import create_key
 from tests.conftest import DxProcess
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import psutil
 import pytest
 import yaml
 
-from dxproxy.ollama_import import LLAMA_SERVER_FLAGS
+from dxproxy.cli.import_ollama import LLAMA_SERVER_FLAGS
 from tests.conftest import DX, start_dx
-from tests.ollama_store import build_store, smollm2_digest, snapshot
+from tests.fakes.ollama_store import build_store, smollm2_digest, snapshot
 
 pytestmark = pytest.mark.integration
 

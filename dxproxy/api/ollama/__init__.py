@@ -12,7 +12,7 @@ Where things are:
 - `models`: /api/tags, /api/show, /api/ps, and the registry operations DX answers without a
   registry (pull, push, create, copy, delete, blobs)
 
-Request bodies are typed in `dxproxy.schemas`.
+Request bodies are typed in `dxproxy.api.schemas`.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ import time
 
 from aiohttp import web
 
-from dxproxy.api.common import resolve_model
 from dxproxy.api.embeddings import check_embeddings, embed
-from dxproxy.catalog import display_name
-from dxproxy.errors import json_response
-from dxproxy.schemas import EmbeddingsRequest, EmbedRequest, decode
+from dxproxy.api.request import resolve_model
+from dxproxy.api.schemas import EmbeddingsRequest, EmbedRequest, decode
+from dxproxy.http.errors import json_response
+from dxproxy.models.catalog import display_name
 
 routes = web.RouteTableDef()
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from aiohttp import web
 
-from dxproxy.api.common import resolve_model
 from dxproxy.api.ollama.reply import now_rfc3339, relay_stream, reply_once
 from dxproxy.api.ollama.request import (
     chat_messages,
@@ -19,13 +18,13 @@ from dxproxy.api.ollama.request import (
     sampling,
     tools_payload,
 )
-from dxproxy.catalog import display_name
+from dxproxy.api.request import resolve_model
+from dxproxy.api.schemas import ChatRequest, GenerateRequest, KeepAlive, Message, decode
 from dxproxy.config import ModelConfig, parse_duration
-from dxproxy.errors import ApiError, json_response
-from dxproxy.keys import CATALOG, SUPERVISOR
-from dxproxy.loader import LOADER, note_keep_alive
-from dxproxy.router import Unavailable
-from dxproxy.schemas import ChatRequest, GenerateRequest, KeepAlive, Message, decode
+from dxproxy.http.errors import ApiError, json_response
+from dxproxy.http.state import KEEP_ALIVE, LIVE, LOADER, SUPERVISOR
+from dxproxy.models.catalog import display_name
+from dxproxy.routing.router import Unavailable
 
 routes = web.RouteTableDef()
 
@@ -35,7 +34,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     req = decode(await request.read(), ChatRequest)
     model = resolve_model(request, req.model)
-    info = request.app[CATALOG].get(model.name)
+    info = request.app[LIVE].catalog.get(model.name)
     payload = sampling(req, model, info)
     note_keep_alive(request, req.keep_alive)
     messages = chat_messages(req.messages or [], model)
@@ -53,7 +52,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     req = decode(await request.read(), GenerateRequest)
     model = resolve_model(request, req.model)
-    payload = sampling(req, model, request.app[CATALOG].get(model.name))
+    payload = sampling(req, model, request.app[LIVE].catalog.get(model.name))
     note_keep_alive(request, req.keep_alive)
     prompt, system, images = req.prompt or "", req.system or "", req.images or []
     if req.suffix:
@@ -102,7 +101,7 @@ async def _load_reply(
         if unload:
             await loader.unload(model)
         else:
-            await loader.load(model, request)
+            await loader.load(model, request.get(KEEP_ALIVE))
     except Unavailable as exc:
         raise ApiError(exc.status, exc.message) from None
     reply: dict[str, Any] = {"model": display_name(model.name), "created_at": now_rfc3339()}
@@ -136,3 +135,11 @@ async def _reply(
 def _cancels_only_streams(request: web.Request, model: ModelConfig) -> bool:
     replicas = request.app[SUPERVISOR].replicas(model.name)
     return bool(replicas) and replicas[0].adapter.cancels_only_streams(replicas[0].spec)
+
+
+def note_keep_alive(request: web.Request, value: Any) -> None:
+    """Remember an Ollama request's keep_alive (seconds; negative: forever): the loader
+    counts the model's idle time from the request's end with it."""
+    seconds = parse_duration(value) if value is not None else None
+    if seconds is not None:
+        request[KEEP_ALIVE] = seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from dxproxy import OLLAMA_API_VERSION, __version__
-from dxproxy.errors import json_response
+from dxproxy.http.errors import json_response
 
 routes = web.RouteTableDef()
 

@@ -12,14 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dxproxy.api.common import resolve_model
 from dxproxy.api.ollama.reply import NDJSON
-from dxproxy.catalog import ModelInfo
-from dxproxy.errors import ApiError, json_response
-from dxproxy.keys import CATALOG, CONFIG, SUPERVISOR
-from dxproxy.loader import LOADER
-from dxproxy.schemas import CopyRequest, ModelRequest, decode
-from supervisors.states import EngineState
+from dxproxy.api.request import resolve_model
+from dxproxy.api.schemas import CopyRequest, ModelRequest, decode
+from dxproxy.http.errors import ApiError, json_response
+from dxproxy.http.state import LIVE, LOADER, SUPERVISOR
+from dxproxy.models.catalog import ModelInfo
+from supervisors import EngineState
 
 routes = web.RouteTableDef()
 
@@ -37,7 +36,7 @@ HOW_TO_ADD = (
 
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
-    models = [m.tags_entry() for m in request.app[CATALOG].models]
+    models = [m.tags_entry() for m in request.app[LIVE].catalog.models]
     return json_response({"models": models})
 
 
@@ -45,7 +44,7 @@ async def tags(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     req = decode(await request.read(), ModelRequest)
     model = resolve_model(request, req.which)
-    info = request.app[CATALOG].get(model.name)
+    info = request.app[LIVE].catalog.get(model.name)
     if info is None:  # the catalog is built from the same config: cannot happen
         raise ApiError(404, f"model '{req.which}' not found")
     reply: dict[str, Any] = {}
@@ -82,11 +81,11 @@ def _modelfile(info: ModelInfo) -> str:
 @routes.get("/api/ps")
 async def ps(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    catalog = request.app[CATALOG]
+    catalog = request.app[LIVE].catalog
     loader = request.app[LOADER]
     forever = (datetime.now().astimezone() + FOREVER).isoformat()
     models = []
-    for model in request.app[CONFIG].models:
+    for model in request.app[LIVE].config.models:
         # When an idle model unloads (keep_alive); models loaded at start never do.
         at = loader.expires_at(model)
         expires = forever if at is None else datetime.fromtimestamp(at).astimezone().isoformat()
@@ -115,11 +114,11 @@ async def pull(request: web.Request) -> web.StreamResponse:
     req = decode(await request.read(), ModelRequest)
     if not req.which:
         raise ApiError(400, "model is required")
-    model = request.app[CONFIG].model(req.which)
+    model = request.app[LIVE].config.model(req.which)
     if model is None:
         base = req.which.rsplit("/", 1)[-1].split(":")[0].lower() or "mymodel"
         raise ApiError(404, f"cannot pull '{req.which}': " + HOW_TO_ADD.format(name=base))
-    info = request.app[CATALOG].get(model.name)
+    info = request.app[LIVE].catalog.get(model.name)
     size = info.size if info else 0
     digest = f"sha256:{info.digest}" if info else ""
     # Ollama's own sequence, with the layer already complete: progress bars fill at once.

@@ -19,12 +19,13 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from dxproxy.api.common import EngineStreamError, call_engine, sse_batches, stream_cut
-from dxproxy.api.usage import report_usage
-from dxproxy.catalog import display_name
+from dxproxy.api.engine import call_engine, stream_cut
+from dxproxy.api.sse import EngineStreamError, sse_batches
 from dxproxy.config import ModelConfig
-from dxproxy.early import EarlyStream
-from dxproxy.errors import ApiError, json_response
+from dxproxy.http.early import EarlyStream
+from dxproxy.http.errors import ApiError, json_response
+from dxproxy.http.usage import report_usage
+from dxproxy.models.catalog import display_name
 
 NDJSON = "application/x-ndjson"
 
@@ -198,7 +199,7 @@ async def relay_stream(
 
 
 def loading_stream(request: web.Request, reply: Reply) -> EarlyStream:
-    """The NDJSON reply, started early while the model loads (dxproxy/early.py)."""
+    """The NDJSON reply, started early while the model loads (dxproxy/http/early.py)."""
 
     def notice(seconds: float) -> bytes:
         chunk = reply.chunk("", done=False)

@@ -12,10 +12,10 @@ from typing import Any
 import msgspec
 import orjson
 
-from dxproxy.catalog import ModelInfo, display_name, engine_kind, has_vision
+from dxproxy.api.schemas import Generation, Message, Options, Tool
 from dxproxy.config import ModelConfig, parse_duration
-from dxproxy.errors import ApiError
-from dxproxy.schemas import Generation, Message, Options, Tool
+from dxproxy.http.errors import ApiError
+from dxproxy.models.catalog import ModelInfo, display_name, has_vision
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -50,7 +50,7 @@ _NEUTRAL = {"typical_p": 1.0, "repeat_last_n": 64, "repeat_penalty": 1.0}
 def sampling(req: Generation, model: ModelConfig, info: ModelInfo | None) -> dict[str, Any]:
     """The engine request's fields for everything but the prompt: options, format, think,
     logprobs. Checks the fields that have no engine equivalent."""
-    kind = engine_kind(model)
+    kind = model.kind
     name = display_name(model.name)
     payload: dict[str, Any] = {"model": model.name}
     if req.options is not None:
@@ -222,7 +222,7 @@ def tools_payload(
 ) -> list[dict[str, Any]]:
     if info is not None and "tools" not in info.capabilities:
         # The engine would drop them without a word: say so instead, as Ollama does.
-        if engine_kind(model) == "llama-cpp-python":
+        if model.kind == "llama-cpp-python":
             why = "the llama-cpp-python engine ignores tools; use engine llamacpp or vllm"
         else:
             why = (

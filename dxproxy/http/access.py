@@ -1,0 +1,176 @@
+"""What each request did: its id, metrics and one access-log line, recorded as it ends.
+
+The outermost middleware. It gives every request an id (the caller's `X-Request-ID` when it
+is sane, else a new one), returned on every response, errors and streams included (set as the
+response is prepared, since a stream's headers leave before its handler returns). When the
+request ends it updates the metrics (dxproxy/http/metrics.py) and logs one line on `dx.access`:
+request id, key name (never the key), client, model, replica, status, tokens, and the
+durations: total, queue wait, time to first token. Never the prompt or the reply.
+
+Cheap by design: per request a few dict lookups, label lookups and one log record; per
+streamed chunk nothing (only a stream's first write passes through a hook, which then
+removes itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from dxproxy.http.metrics import Metrics
+from dxproxy.http.state import (
+    API_KEY,
+    CLIENT,
+    FIRST_BYTE,
+    METRICS,
+    MODEL,
+    QUEUE_WAIT,
+    REPLICA,
+    REQUEST_ID,
+    USAGE,
+)
+
+log = logging.getLogger("dx.access")
+
+
+MAX_REQUEST_ID = 128
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:/+=@-]")
+# Probes and scrapes come every few seconds: logged at DEBUG while they succeed.
+QUIET_PATHS = frozenset({"/", "/health", "/ready", "/metrics"})
+CLIENT_LEFT = 499  # nginx's status for a client that went away before the answer
+
+
+def request_id(given: str | None) -> str:
+    """The caller's id when it is printable and short (cleaned and cut otherwise: it goes into
+    logs and headers), or a new random one."""
+    if given:
+        if len(given) <= MAX_REQUEST_ID and _SAFE_ID.fullmatch(given):
+            return given
+        cleaned = _UNSAFE.sub("", given)[:MAX_REQUEST_ID]
+        if cleaned:
+            return cleaned
+    return secrets.token_hex(8)
+
+
+class Access:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def install(self, app: web.Application) -> None:
+        app[METRICS] = self.metrics
+        app.on_response_prepare.append(_on_prepare)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request[REQUEST_ID] = request_id(request.headers.get("X-Request-ID"))
+        status = 500  # unless something below says otherwise
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # redirects: the error middleware passes them on
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_LEFT
+            raise
+        finally:
+            self._done(request, status, started)
+
+    def _done(self, request: web.Request, status: int, started: float) -> None:
+        now = time.perf_counter()
+        total = now - started
+        m = self.metrics
+        record = request.get(API_KEY)
+        if record is None:
+            key = ""
+        elif record.source == "anonymous":  # auth off: one per client address, unbounded
+            key = "anonymous"
+        else:
+            key = record.name
+        replica = request.get(REPLICA)
+        model = request.get(MODEL) or (replica.rpartition("#")[0] if replica else "")
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        m.requests.labels(route, model, str(status), key).inc()
+        m.latency.labels(route, model).observe(total)
+        first = request.get(FIRST_BYTE)
+        ttft = first - started if first is not None else None
+        if ttft is not None:
+            m.ttft.labels(route, model).observe(ttft)
+        queue = request.get(QUEUE_WAIT)
+        if queue is not None:
+            m.queue_wait.labels(model).observe(queue)
+        usage = request.get(USAGE)
+        if usage is not None:
+            if usage.prompt:
+                m.prompt_tokens.labels(model, key).inc(usage.prompt)
+            if usage.completion:
+                m.completion_tokens.labels(model, key).inc(usage.completion)
+        if status == 429:
+            m.rate_limited.labels(key).inc()
+
+        quiet = status < 400 and request.path in QUIET_PATHS
+        level = logging.DEBUG if quiet else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        fields = {
+            "request_id": request[REQUEST_ID],
+            "method": request.method,
+            "path": request.path,  # never the query string
+            "status": status,
+            "key": record.name if record is not None else None,
+            "client": request.get(CLIENT) or request.remote,
+            "model": model or None,
+            "replica": replica,
+            "prompt_tokens": usage.prompt if usage is not None else None,
+            "completion_tokens": usage.completion if usage is not None else None,
+            "duration_s": round(total, 6),
+            "queue_s": round(queue, 6) if queue is not None else None,
+            "ttft_s": round(ttft, 6) if ttft is not None else None,
+        }
+        tokens = f" tokens {usage.prompt}+{usage.completion}" if usage is not None else ""
+        timing = f"{total * 1000:.1f} ms"
+        if queue is not None:
+            timing += f", queue {queue * 1000:.1f} ms"
+        if ttft is not None:
+            timing += f", first token {ttft * 1000:.1f} ms"
+        log.log(
+            level,
+            "%s %s %s key=%s model=%s replica=%s%s (%s) id=%s",
+            status,
+            request.method,
+            request.path,
+            fields["key"] or "-",
+            model or "-",
+            replica or "-",
+            tokens,
+            timing,
+            fields["request_id"],
+            extra={"access": fields},
+        )
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-ID"] = rid
+    # An engine's reply streamed as it is generated: its first write carries the first token.
+    # The hook times that write, then deletes itself, so later chunks cost nothing.
+    if type(response) is web.StreamResponse and REPLICA in request:
+        write = response.write
+
+        async def first_write(data: bytes | bytearray | memoryview) -> None:
+            request[FIRST_BYTE] = time.perf_counter()
+            del response.write  # back to the class's method
+            await write(data)
+
+        response.write = first_write  # type: ignore[method-assign]

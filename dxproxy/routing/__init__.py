@@ -1,0 +1,12 @@
+"""Which engine replica serves a request, and which models run at all.
+
+- `router`: `Router.acquire(model)` picks the ready replica with the fewest requests in
+  flight, or queues the request (bounded, fair across keys, with a timeout)
+- `loader`: which models run: loaded at start or on demand, unloaded when idle, taking
+  turns within the memory budget
+- `eviction`: the loader's arithmetic as pure functions (what fits, which models to unload)
+- `wait`: one wait that sends notices while it lasts (a model loading, a queue)
+- `live`: `Live`, the config and catalog every request reads, swapped whole by a reload
+
+Nothing here knows HTTP: the handlers in dxproxy.api call in with plain values.
+"""
