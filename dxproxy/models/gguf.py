@@ -55,6 +55,7 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+MAX_STRING = 2**24  # bytes: a longer key or value is a corrupt length, not a string to read
 
 
 class GGUFError(ValueError):
@@ -67,16 +68,38 @@ def read_metadata(path: str, *, parameters: bool = False) -> dict[str, Any]:
     With `parameters`, also `general.parameter_count` (what Ollama shows) summed from the
     tensor shapes when the file does not say it: the tensor table follows the key-values.
     """
+    try:
+        return _read_metadata(path, parameters)
+    except _Truncated:
+        raise GGUFError(f"{path}: the GGUF header ends early (an unfinished download?)") from None
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _read(f: IO[bytes], n: int) -> bytes:
+    data = f.read(n)
+    if len(data) < n:
+        raise _Truncated
+    return data
+
+
+def _unpack(f: IO[bytes], fmt: str) -> tuple[Any, ...]:
+    return struct.unpack(fmt, _read(f, struct.calcsize(fmt)))
+
+
+def _read_metadata(path: str, parameters: bool) -> dict[str, Any]:
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise GGUFError(f"{path} is not a GGUF file")
-        version, tensors, count = struct.unpack("<IQQ", f.read(20))
+        version, tensors, count = _unpack(f, "<IQQ")
         if version < 2:
             raise GGUFError(f"{path}: GGUF version {version} is too old")
         out: dict[str, Any] = {}
         for _ in range(count):
             key = _string(f)
-            (kind,) = struct.unpack("<I", f.read(4))
+            (kind,) = _unpack(f, "<I")
             value = _value(f, kind)
             if value is not None:
                 out[key] = value
@@ -84,9 +107,11 @@ def read_metadata(path: str, *, parameters: bool = False) -> dict[str, Any]:
             total = 0
             for _ in range(tensors):
                 _string(f)  # the tensor's name
-                (dims,) = struct.unpack("<I", f.read(4))
-                shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
-                f.read(12)  # type and data offset
+                (dims,) = _unpack(f, "<I")
+                if dims > 8:  # GGML tensors have at most 4
+                    raise GGUFError(f"{path}: a tensor of {dims} dimensions: the file is corrupt")
+                shape = _unpack(f, f"<{dims}Q")
+                _read(f, 12)  # type and data offset
                 n = 1
                 for d in shape:
                     n *= d
@@ -96,19 +121,21 @@ def read_metadata(path: str, *, parameters: bool = False) -> dict[str, Any]:
 
 
 def _string(f: IO[bytes]) -> str:
-    (n,) = struct.unpack("<Q", f.read(8))
-    return f.read(n).decode("utf-8", errors="replace")
+    (n,) = _unpack(f, "<Q")
+    if n > MAX_STRING:
+        raise GGUFError(f"a GGUF string of {n} bytes: the file is corrupt")
+    return _read(f, n).decode("utf-8", errors="replace")
 
 
 def _value(f: IO[bytes], kind: int) -> Any:
     if kind == _STRING:
         return _string(f)
     if kind == _ARRAY:
-        item, n = struct.unpack("<IQ", f.read(12))
+        item, n = _unpack(f, "<IQ")
         for _ in range(n):
             _value(f, item)
         return None
     fmt = _SCALARS.get(kind)
     if fmt is None:
         raise GGUFError(f"unknown GGUF value type {kind}")
-    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+    return _unpack(f, fmt)[0]
