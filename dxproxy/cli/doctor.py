@@ -28,9 +28,9 @@ from typing import Any, Literal
 import click
 import psutil
 
-from dxproxy.cli import import_ollama as ollama_import
 from dxproxy.cli.options import config_option
 from dxproxy.config import Config, ConfigError, ModelConfig, load_config_file, load_default_config
+from dxproxy.models import ollama_store
 from dxproxy.models.memory import VLLM_GPU_SHARE, estimate
 from dxproxy.models.memory import gib as _gib
 from supervisors import Gpu, Inventory, PlacementError, find_llama_server, place, read_gpus
@@ -287,14 +287,14 @@ def check_engines(report: Report, config: Config | None) -> None:
 
 
 def check_ollama(report: Report) -> None:
-    stores = [s for s in ollama_import.default_stores() if (s / "manifests").is_dir()]
+    stores = [s for s in ollama_store.default_stores() if (s / "manifests").is_dir()]
     if not stores:
-        looked = ", ".join(str(s) for s in ollama_import.default_stores())
+        looked = ", ".join(str(s) for s in ollama_store.default_stores())
         report.add("ollama", "store", "info", f"none found (looked in {looked})")
         return
     for store in stores:
         try:
-            found = ollama_import.read_store(store)
+            found = ollama_store.read_store(store)
         except OSError as exc:
             report.add("ollama", "store", "warn", f"{store}: cannot read: {exc.strerror}")
             continue
