@@ -93,10 +93,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        early = request.get(EARLY)
-        if early is not None and early.started:  # the stream began while a model loaded
-            return await early.fail(exc.status, exc.message)
-        return error_response(request, exc.status, exc.message, param=exc.param, code=exc.code)
+        return await _answer(request, exc.status, exc.message, param=exc.param, code=exc.code)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -107,11 +104,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "raise server.max_body_bytes to allow more)",
         }.get(exc.status, exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(request, exc.status, message, headers=headers)
-    except Exception:
+        return await _answer(request, exc.status, message, headers=headers)
+    except Exception as exc:
+        early = request.get(EARLY)
+        if isinstance(exc, ConnectionResetError) and early is not None and early.started:
+            return early.out  # the client left mid-stream: nobody to tell, nothing wrong
         # A bug in DX. Say so plainly, with an id to find the traceback in the log.
         rid = secrets.token_hex(6)
         log.exception("error %s: %s %s failed", rid, request.method, request.path)
-        return error_response(
-            request, 500, f"internal error in dx (error id {rid}); the dx log has the details"
-        )
+        message = f"internal error in dx (error id {rid}); the dx log has the details"
+        return await _answer(request, 500, message)
+
+
+async def _answer(
+    request: web.Request,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """The error as the reply, or, once a streamed reply has begun (its status line is
+    sent), as the stream's last line: a second HTTP head inside a body would break it."""
+    early = request.get(EARLY)
+    if early is not None and early.started:
+        try:
+            return await early.fail(status, message)
+        except ConnectionResetError:  # the client left: nobody to tell
+            return early.out
+    return error_response(request, status, message, param=param, code=code, headers=headers)

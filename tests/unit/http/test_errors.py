@@ -249,6 +249,18 @@ async def early_unstarted_then_api_error(request: web.Request) -> web.StreamResp
     raise ApiError(503, "the model failed to load")
 
 
+async def early_then_bug(request: web.Request) -> web.StreamResponse:
+    stream = _early(request)
+    await stream.waiting(1.0)
+    raise Bug("a bug in dx, mid-stream")
+
+
+async def early_then_not_found(request: web.Request) -> web.StreamResponse:
+    stream = _early(request)
+    await stream.waiting(1.0)
+    raise web.HTTPNotFound()
+
+
 def _app() -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=64)
     for prefix in ("/api", "/v1", "/v1/messages"):
@@ -260,6 +272,8 @@ def _app() -> web.Application:
         app.router.add_get(f"{prefix}/bad", bad_request)
         app.router.add_post(f"{prefix}/early", early_then_api_error)
         app.router.add_post(f"{prefix}/unstarted", early_unstarted_then_api_error)
+        app.router.add_post(f"{prefix}/early_bug", early_then_bug)
+        app.router.add_post(f"{prefix}/early_404", early_then_not_found)
     return app
 
 
@@ -459,3 +473,22 @@ async def test_an_api_error_before_the_early_stream_started_is_a_plain_error(
             "code": None,
         }
     }
+
+
+async def test_a_bug_after_the_stream_began_ends_the_stream_with_an_error_line(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a second HTTP head inside the body (which broke the client's chunk parsing)."""
+    resp = await client.post("/api/early_bug")
+    assert resp.status == 200
+    lines = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    assert lines[0] == {"done": False, "status": "loading model (1 s)"}
+    assert lines[1]["status"] == 500 and "internal error in dx (error id" in lines[1]["error"]
+    assert "a bug in dx, mid-stream" in caplog.text  # the traceback is in the log
+
+
+async def test_an_http_error_after_the_stream_began_is_its_last_line(client: Client) -> None:
+    resp = await client.post("/api/early_404")
+    assert resp.status == 200
+    lines = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    assert lines[-1] == {"error": "no such endpoint: POST /api/early_404", "status": 404}
