@@ -5,7 +5,7 @@ against 6.4 us with pydantic (strict), and msgspec is faster than orjson.loads a
 (bench/schema_decode.py). Fields are typed as loosely as the dialect allows (Ollama accepts a
 float for an integer option and truncates it), unknown fields are ignored as both Ollama and
 OpenAI servers do, and a wrong type becomes a 400 that names the field:
-``options.top_k: expected an integer, got a string``.
+``options.top_k: expected a number, got a string``.
 
 Ollama bodies are decoded from bytes straight into these structs. OpenAI bodies are relayed to
 the engine as they came, so they are decoded to a dict and only *checked* against a schema.
