@@ -19,14 +19,10 @@ from dxproxy.api.scrub import scrub_paths
 from dxproxy.config import ModelConfig
 from dxproxy.http.early import EarlyStream
 from dxproxy.http.errors import ApiError
-from dxproxy.http.state import API_KEY, KEEP_ALIVE, LOADER, QUEUE_WAIT, REPLICA, ROUTER, SESSION
+from dxproxy.http.state import API_KEY, KEEP_ALIVE, LOADER, QUEUE_WAIT, REPLICA, ROUTER, UPSTREAM
 from dxproxy.routing.router import Unavailable
 from dxproxy.routing.wait import wait_with_notices
-from supervisors import EngineState, Replica
-
-# Generation can pause for a long time (a long prompt before the first token), but an engine
-# that sends nothing for this long is hung: give the client an error instead of waiting forever.
-ENGINE_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
+from supervisors import Replica
 
 
 @dataclass(slots=True)
@@ -72,15 +68,17 @@ async def call_engine(
                 request[REPLICA] = replica.id
                 request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
                 body = orjson.dumps(payload)
-                resp = await _post(request.app[SESSION], replica, model, path, body)
+                resp = await request.app[UPSTREAM].post(
+                    replica, model.name, path, body, stream=bool(payload.get("stream"))
+                )
                 try:
                     if resp.status >= 400:
                         raise engine_error(model.name, resp.status, await resp.read())
                     yield EngineCall(replica, resp, sent_ns - started_ns, sent_ns)
                 finally:
                     if payload.get("stream"):
-                        # llama-server closes its side after every streamed reply, without a
-                        # `Connection: close`: a pooled connection would fail the next one.
+                        # Asked with `Connection: close` (dxproxy/routing/upstream.py): never
+                        # pooled. Closed now, a stream the client left stops the engine.
                         resp.close()
                     else:
                         # Fully read: the connection goes back to the pool. Not fully read
@@ -120,35 +118,6 @@ def conversation_key(payload: dict[str, Any]) -> str | None:
     if isinstance(prompt, str) and len(prompt) > 256:  # a raw prompt: its head
         return hashlib.blake2b(prompt[:256].encode(), digest_size=12).hexdigest()
     return None
-
-
-async def _post(
-    session: aiohttp.ClientSession, replica: Replica, model: ModelConfig, path: str, body: bytes
-) -> aiohttp.ClientResponse:
-    for attempt in (1, 2):
-        try:
-            return await session.post(
-                replica.base_url + path,
-                data=body,
-                headers=replica.headers,  # JSON, and the engine's own key
-                timeout=ENGINE_READ_TIMEOUT,
-            )
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            # A pooled keep-alive connection the engine had already closed (it does after a
-            # failed stream): the request never reached it. Once more, on a new connection.
-            if attempt == 2 or replica.state is not EngineState.READY:
-                raise ApiError(
-                    503,
-                    f"the engine of '{model.name}' is not answering; it may "
-                    "be restarting, try again",
-                ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(
-                503,
-                f"the engine of '{model.name}' did not answer ({type(exc).__name__}: {exc}); "
-                "it may be restarting, try again",
-            ) from None
-    raise AssertionError("unreachable")
 
 
 def stream_cut(model: ModelConfig, reason: object) -> str:

@@ -17,6 +17,7 @@ from dxproxy.keys.store import KeyRecord
 from dxproxy.routing.live import Live
 from dxproxy.routing.loader import Loader
 from dxproxy.routing.router import Router
+from dxproxy.routing.upstream import Upstream
 from supervisors import Supervisor
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ class Reloads(Protocol):
 
 # -- on the app: set while it is built (dxproxy.server.app), never replaced --------------------
 LIVE = web.AppKey("dx.live", Live)  # the config and catalog now; a reload swaps both inside
-SESSION = web.AppKey("dx.session", aiohttp.ClientSession)  # every engine call, pooled
+UPSTREAM = web.AppKey("dx.upstream", Upstream)  # every engine call (dxproxy/routing/upstream.py)
+SESSION = web.AppKey("dx.session", aiohttp.ClientSession)  # its pool, for probes and scrapes
 SUPERVISOR = web.AppKey("dx.supervisor", Supervisor)
 ROUTER = web.AppKey("dx.router", Router)
 LOADER = web.AppKey("dx.loader", Loader)

@@ -7,6 +7,7 @@
 - `eviction`: the loader's arithmetic as pure functions (what fits, which models to unload)
 - `wait`: one wait that sends notices while it lasts (a model loading, a queue)
 - `live`: `Live`, the config and catalog every request reads, swapped whole by a reload
+- `upstream`: the connections to the engines (one pool) and the one safe retry
 
-Nothing here knows HTTP: the handlers in dxproxy.api call in with plain values.
+Nothing here knows the HTTP front: the handlers in dxproxy.api call in with plain values.
 """

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -20,15 +19,14 @@ from dxproxy.http import metrics
 from dxproxy.http.access import Access
 from dxproxy.http.auth import Gate
 from dxproxy.http.errors import error_middleware
-from dxproxy.http.state import LIVE, LOADER, RELOADER, ROUTER, SESSION, SUPERVISOR
+from dxproxy.http.state import LIVE, LOADER, RELOADER, ROUTER, SESSION, SUPERVISOR, UPSTREAM
 from dxproxy.models.catalog import Catalog
 from dxproxy.routing.live import Live
 from dxproxy.routing.loader import Loader
 from dxproxy.routing.router import Router
+from dxproxy.routing.upstream import Upstream
 from dxproxy.server.reload import Reloader
 from supervisors import Supervisor
-
-ENGINE_KEEPALIVE = 4.0  # seconds an idle pooled engine connection is kept
 
 
 def make_app(
@@ -62,25 +60,23 @@ def make_app(
     app.add_routes(metrics.routes)  # /metrics: admin keys only, unless server.metrics_open
 
     async def engines(app: web.Application) -> AsyncIterator[None]:
-        """The engine side: one pooled client session, the supervisor, the router, the
-        loader and the reloader. Engines are started by `Server` once the port is bound (so
-        a busy port costs no engine start); they are stopped here, after the HTTP side has
-        drained."""
+        """The engine side: the connections to the engines (one pooled session), the
+        supervisor, the router, the loader and the reloader. Engines are started by `Server`
+        once the port is bound (so a busy port costs no engine start); they are stopped here,
+        after the HTTP side has drained."""
         # One session for every engine call: pooled keep-alive connections, no per-request
-        # setup. Idle connections are dropped before the engines drop them (llama-server's
-        # HTTP library and vLLM's uvicorn both close after 5 s): a request must never be
-        # written into a connection the engine has just closed.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=ENGINE_KEEPALIVE)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # setup, and no request lost to a connection the engine closed (upstream.py).
+        upstream = Upstream()
         supervisor = Supervisor(
-            session,
+            upstream.session,
             grace=config.server.shutdown_timeout,
             log_dir=config.server.state_dir / "logs",  # per-engine files, for `dx logs`
         )
         live = app[LIVE]
         router = Router(supervisor, config.limits)
         loader = Loader(supervisor, router, live)  # which models run: at start, on demand
-        app[SESSION] = session
+        app[UPSTREAM] = upstream
+        app[SESSION] = upstream.session
         app[SUPERVISOR] = supervisor
         app[ROUTER] = router
         app[LOADER] = loader
@@ -100,7 +96,7 @@ def make_app(
         finally:
             turns.cancel()
             await supervisor.close()
-            await session.close()
+            await upstream.close()
 
     app.cleanup_ctx.append(engines)
     return app

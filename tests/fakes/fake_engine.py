@@ -2,7 +2,7 @@
 
     python tests/fakes/fake_engine.py --port P [--startup-delay S] [--exit-at-start CODE]
                                 [--sleep-delay S] [--wake-delay S] [--sleep-fails] [--wake-fails]
-                                [--no-dev-mode]
+                                [--no-dev-mode] [--close-after-stream] [--drop-reused]
 
 Its answer is fixed ("Hello from the fake engine."), one token per SSE chunk. Words in the
 last user message inject faults:
@@ -19,7 +19,14 @@ text (the same text gives the same vector). Every request body is kept: ``GET /l
 the last one, so tests can check what DX asked the engine for.
 
 ``GET /stats`` tells what happened: requests started, completed, cancelled (the client went
-away mid-stream), and the highest number in flight at once.
+away mid-stream), dropped (below), and the highest number in flight at once.
+
+Keep-alive, as real engines do it: ``--close-after-stream`` closes a connection after a
+streamed reply without saying ``Connection: close`` (llama-server does), and
+``--drop-reused`` closes every kept-alive connection before its next request (an engine's
+idle timeout). The close is made deterministic: the connection stays open, and the next
+request on it is dropped unread and unanswered, exactly what a client sees when it reuses a
+connection whose close it has not noticed yet. A dropped request never reaches a handler.
 
 vLLM's sleep-mode endpoints (dev mode), as vLLM has them: ``POST /sleep?level=N`` (level 1 or
 2, read from the query string only; stricter than vLLM, a missing level is a 400, so tests
@@ -43,17 +50,41 @@ import json
 import os
 import sys
 import time
+import weakref
 from typing import Any
 
 from aiohttp import web
 
 TOKENS = ["Hello", " from", " the", " fake", " engine", "."]
-stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_flight": 0}
+stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_flight": 0,
+         "dropped": 0}
+# Connections (their transports) whose next request is dropped: see the docstring.
+closed_after_stream: weakref.WeakSet[object] = weakref.WeakSet()
+served: weakref.WeakSet[object] = weakref.WeakSet()
 last_body: dict[str, Any] = {}
 # "awake", "falling asleep", "asleep" or "waking": only "awake" may serve.
 sleep_state = {"now": "awake", "level": 0}
 dev_calls: list[dict[str, Any]] = []
-options = argparse.Namespace(sleep_delay=0.0, wake_delay=0.0, sleep_fails=False, wake_fails=False)
+options = argparse.Namespace(sleep_delay=0.0, wake_delay=0.0, sleep_fails=False, wake_fails=False,
+                             close_after_stream=False, drop_reused=False)
+
+
+@web.middleware
+async def keep_alive(request: web.Request, handler: Any) -> web.StreamResponse:
+    conn = request.transport
+    # Only API calls: DX's probes (GET /health) must not fail for the fault a test injects.
+    stale = conn in closed_after_stream or (options.drop_reused and conn in served)
+    if stale and request.method == "POST":
+        stats["dropped"] += 1
+        assert request.transport is not None
+        request.transport.close()  # the engine closed it: no answer, nothing read
+        raise web.HTTPServiceUnavailable()  # never written: the connection is gone
+    served.add(conn)
+    resp = await handler(request)
+    if options.close_after_stream and isinstance(resp, web.StreamResponse) and not isinstance(
+            resp, web.Response):
+        closed_after_stream.add(conn)
+    return resp
 
 
 def _chunk(name: str, delta: dict[str, Any], finish: str | None = None,
@@ -294,15 +325,19 @@ def main() -> None:
     parser.add_argument("--sleep-fails", action="store_true")
     parser.add_argument("--wake-fails", action="store_true")
     parser.add_argument("--no-dev-mode", action="store_true")
+    parser.add_argument("--close-after-stream", action="store_true")
+    parser.add_argument("--drop-reused", action="store_true")
     args, _ = parser.parse_known_args()
     vars(options).update(sleep_delay=args.sleep_delay, wake_delay=args.wake_delay,
-                         sleep_fails=args.sleep_fails, wake_fails=args.wake_fails)
+                         sleep_fails=args.sleep_fails, wake_fails=args.wake_fails,
+                         close_after_stream=args.close_after_stream,
+                         drop_reused=args.drop_reused)
     print(f"fake engine starting on port {args.port}", flush=True)
     if args.exit_at_start is not None:
         print("fake engine: cannot load model (as asked)", flush=True)
         sys.exit(args.exit_at_start)
     time.sleep(args.startup_delay)
-    app = web.Application()
+    app = web.Application(middlewares=[keep_alive])
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", models)  # what DX probes on llama-server and vLLM
     app.router.add_get("/stats", get_stats)
