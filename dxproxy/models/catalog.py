@@ -115,7 +115,7 @@ def _describe(model: ModelConfig) -> ModelInfo:
         size, mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         pass  # a Hugging Face id (vLLM): nothing on disk to describe
-    if model.model.endswith(".gguf") and size:
+    if size and os.path.isfile(model.model):  # a GGUF, whatever its name (Ollama's blobs)
         details["format"] = "gguf"
         try:
             meta = read_metadata(model.model, parameters=True)
@@ -197,6 +197,8 @@ def _hf_metadata(folder: str) -> dict[str, Any]:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError):
+        return meta
+    if not isinstance(config, dict):
         return meta
     arch = str(config.get("model_type", "")) or "unknown"
     meta["general.architecture"] = arch

@@ -341,7 +341,7 @@ def test_hugging_face_folder_without_model_type_is_unknown(tmp_path: Path) -> No
     assert info.model_info["unknown.embedding_length"] == 64
 
 
-@pytest.mark.parametrize("config_json", [None, "{not json"])
+@pytest.mark.parametrize("config_json", [None, "{not json", "[]", "42"])
 def test_hugging_face_folder_without_a_readable_config(tmp_path: Path, config_json: Any) -> None:
     folder = hf_folder(tmp_path, config_json, {"chat_template": PLAIN_TEMPLATE})
     info = describe(tmp_path, engine="vllm", model=str(folder))
@@ -501,3 +501,12 @@ def test_template_flag_without_a_value_is_ignored(tmp_path: Path) -> None:
     )
     info = describe(tmp_path, model=str(gguf), args=["--chat-template-file"])
     assert info.template == PLAIN_TEMPLATE
+
+
+def test_a_gguf_named_like_an_ollama_blob_is_read(tmp_path: Path) -> None:
+    """`dx import-ollama` serves blobs in place: `blobs/sha256-<hex>`, no .gguf suffix."""
+    blob = tmp_path / "sha256-abc"
+    blob.write_bytes(smollm2_path().read_bytes())
+    info = describe(tmp_path, model=str(blob))
+    assert info.details["format"] == "gguf" and info.details["family"] == "llama"
+    assert info.template  # its chat template, so capabilities come from it
