@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixtures shared by several test folders.
+pytest_plugins = ["tests.fakes.notify"]
 FAKE_ENGINE = str(ROOT / "tests" / "fakes" / "fake_engine.py")
 DX = [sys.executable, "-m", "dxproxy"]
 

@@ -12,9 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dxproxy.api.scrub import scrub_paths
-from dxproxy.http.door import client_address, host_allowed, origin_allowed
-from dxproxy.http.listener import parse_networks
 from tests.conftest import DxProcess, fake_model, start_dx
 
 
@@ -108,18 +105,6 @@ def test_401_says_where_the_key_is_without_paths(dx: DxProcess) -> None:
         assert str(dx.state_dir) not in resp.text and "/" + Path.home().name not in resp.text
 
 
-def test_scrub_paths() -> None:
-    trace = ('Traceback:\n  File "/usr/lib/python3/site-packages/llama_cpp/server/app.py", '
-             "line 3\nValueError: cannot open /home/alice/models/qwen.gguf (see /v1/models, "
-             "http://example.com/a/b, and/or C:\\Users\\bob\\m.gguf, ~/x/y.gguf)")
-    clean = scrub_paths(trace)
-    for leak in ("/usr/lib", "/home/alice", "Users\\bob", "~/x"):
-        assert leak not in clean
-    for kept in ("…/app.py", "…/qwen.gguf", "/v1/models", "http://example.com/a/b", "and/or",
-                 "…/m.gguf", "…/y.gguf", "line 3"):
-        assert kept in clean
-
-
 # -- found attack: a browser's CORS preflight got 401 with no Access-Control-* headers ----
 
 
@@ -166,15 +151,6 @@ def test_cors_refuses_other_origins(dx: DxProcess) -> None:
         assert resp.status_code == 403 and "cors_origins" in resp.json()["error"]
 
 
-def test_origin_patterns() -> None:
-    local = ("http://localhost:*", "http://localhost", "app://*")
-    assert origin_allowed("http://localhost:5173", local)
-    assert origin_allowed("HTTP://LOCALHOST", local)
-    assert not origin_allowed("http://localhost.evil.com", local)
-    assert not origin_allowed("http://evil.com/http://localhost", local)
-    assert origin_allowed("https://anything", ("*",))
-
-
 # -- DNS rebinding: on loopback only this machine's names are answered ----------------------
 
 
@@ -190,28 +166,7 @@ def test_host_guard(dx: DxProcess) -> None:
             == 200, host
 
 
-def test_host_allowed_rules() -> None:
-    assert host_allowed("LOCALHOST:11434", "127.0.0.1", ())
-    assert host_allowed("", "127.0.0.1", ())
-    assert host_allowed("[::1]:80", "127.0.0.1", ())
-    assert host_allowed("my-box", "my-box", ())
-    assert host_allowed("a.b.example", "127.0.0.1", ("*.b.example",))
-    assert not host_allowed("attacker.example", "127.0.0.1", ("*.b.example",))
-    assert not host_allowed("[::2]", "127.0.0.1", ())
-
-
 # -- client address -------------------------------------------------------------------------
-
-
-def test_client_address_trusts_forwarded_for_only_from_trusted_proxies() -> None:
-    trusted = parse_networks(["127.0.0.1", "10.0.0.0/8"])
-    assert client_address("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"
-    assert client_address("127.0.0.1", "1.2.3.4", trusted) == "1.2.3.4"
-    # The left-most entries are the client's own claims: the right-most untrusted one wins.
-    assert client_address("127.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.7", trusted) == "1.2.3.4"
-    assert client_address("127.0.0.1", "garbage, 1.2.3.4", trusted) == "1.2.3.4"
-    assert client_address("127.0.0.1", "1.2.3.4, garbage", trusted) == "127.0.0.1"
-    assert client_address("127.0.0.1", None, trusted) == "127.0.0.1"
 
 
 # -- the door's own limits ----------------------------------------------------------------
