@@ -85,15 +85,17 @@ class Upstream:
             return await self.session.post(
                 url, data=body, headers=headers, timeout=ENGINE_READ_TIMEOUT
             )
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             if not _reused.get() or replica.state is not EngineState.READY:
-                raise _unreachable(model, exc) from None
+                raise _not_answering(model) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(model, exc) from None
         try:  # the engine had closed that connection: the request never reached it
             return await self._fresh.post(
                 url, data=body, headers=headers, timeout=ENGINE_READ_TIMEOUT
             )
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            raise _not_answering(model) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(model, exc) from None
 
@@ -102,8 +104,12 @@ class Upstream:
         await self._fresh.close()
 
 
+def _not_answering(model: str) -> Unavailable:
+    return Unavailable(f"the engine of '{model}' is not answering; it may be restarting, try again")
+
+
 def _unreachable(model: str, exc: BaseException) -> Unavailable:
-    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return Unavailable(
-        f"the engine of '{model}' did not answer ({why}); it may be restarting, try again"
+        f"the engine of '{model}' did not answer ({type(exc).__name__}: {exc}); it may be "
+        "restarting, try again"
     )
