@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import psutil
@@ -86,8 +87,8 @@ async def serve(port: int, upstreams: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def spawned(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+def spawned(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)
     try:
         yield proc
     finally:

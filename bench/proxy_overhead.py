@@ -228,11 +228,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config_text(kind: Kind, port: int, state_dir: Path) -> str:
+def config_text(kind: Kind, port: int, state_dir: Path, parallel: int | None = None) -> str:
     """The dx config, written as JSON (which YAML reads as is)."""
     server = {"host": LOOPBACK, "port": port, "state_dir": str(state_dir), "shutdown_timeout": 5}
     if kind == "real":
-        real = {"engine": "llamacpp", "model": REAL_MODEL, "context": 2048}
+        real: dict[str, Any] = {"engine": "llamacpp", "model": REAL_MODEL, "context": 2048}
+        if parallel is not None:
+            real["parallel"] = parallel
         return json.dumps({"server": server, "models": {MODEL_NAME: real}}, indent=2)
 
     def fake(*flags: str) -> dict[str, Any]:
@@ -242,7 +244,7 @@ def config_text(kind: Kind, port: int, state_dir: Path) -> str:
         return {
             "engine": "llamacpp",
             "model": str(FAKE_ENGINE),
-            "parallel": CONCURRENT_STREAMS,
+            "parallel": parallel or CONCURRENT_STREAMS,
             "command": [*command, *flags],
         }
 
@@ -263,8 +265,16 @@ def _terminate_with_parent() -> None:
 class Dx:
     """`dx serve` in a subprocess: started, ready, its engines found; stopped on exit."""
 
-    def __init__(self, dx: Path, kind: Kind, startup_timeout: float, verbose: bool) -> None:
+    def __init__(
+        self,
+        dx: Path,
+        kind: Kind,
+        startup_timeout: float,
+        verbose: bool,
+        parallel: int | None = None,  # the model's slots; the default: see config_text
+    ) -> None:
         self.dx = dx
+        self.parallel = parallel
         self.kind = kind
         self.startup_timeout = startup_timeout
         self.verbose = verbose
@@ -306,8 +316,12 @@ class Dx:
 
     async def _start(self) -> None:
         state_dir = self.workdir / "state"
-        config = self.workdir / "dx.yaml"
-        config.write_text(config_text(self.kind, self.port, state_dir), encoding="utf-8")
+        # In a folder of its own: DX watches the config's folder, and dx.log changes all the time.
+        config = self.workdir / "config" / "dx.yaml"
+        config.parent.mkdir()
+        config.write_text(
+            config_text(self.kind, self.port, state_dir, self.parallel), encoding="utf-8"
+        )
         with self._log.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 str(self.dx),

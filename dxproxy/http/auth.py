@@ -1,7 +1,7 @@
 """Who may call DX, and how much: API keys, scopes, admin routes, the brute-force guard and
-the per-key rate limits, as middlewares around the handlers.
+the per-key rate limits, as one middleware around the handlers (`Gate.middleware`).
 
-Order (each step only sees requests the step before let through):
+Its steps, in a row (each only sees requests the step before let through):
     door (dxproxy/http/door.py: client address, Host guard, CORS)
     -> keys: which key, if any (401), brute-force guard (429), admin routes (403)
     -> body: read with a deadline (door.py)
@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from dxproxy.config import Config
-from dxproxy.http.door import body_middleware, cors_headers, door_middleware
+from dxproxy.http.door import Door, cors_headers
 from dxproxy.http.errors import error_response
 from dxproxy.http.state import API_KEY, CLIENT, DECISION, LIMITER, USAGE
 from dxproxy.keys.limits import Decision, Limiter, make_limiter
@@ -99,6 +99,8 @@ class FailureGuard:
 
     def blocked_for(self, address: str) -> float:
         """Seconds this address must wait; 0 if it may try a key."""
+        if not self._failures:  # the common case: no address parsed, no lookup
+            return 0.0
         times = self._failures.get(_group(address))
         if not times:
             return 0.0
@@ -143,6 +145,7 @@ class Gate:
         self.limiter: Limiter = make_limiter(config.limits)
         self.shared_revocations = bool(config.limits.redis_url)
         self.open_paths = OPEN_PATHS | (ADMIN_PATHS if config.server.metrics_open else set())
+        self.door = Door(config.server)  # its settings stay until a restart
 
     def _builtin(self, config: Config) -> tuple[KeyRecord, ...]:
         from_config = tuple(
@@ -156,20 +159,24 @@ class Gate:
         self.config = config
         self.ring.set_builtin(self._builtin(config))
 
-    @property
-    def middlewares(self) -> list[Middleware]:
-        return [
-            door_middleware(self.config.server),
-            self._keys,
-            body_middleware(self.config.server),
-            self._limits,
-        ]
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The door, the key, the body, the limits: steps in a row in one middleware (a
+        middleware per step cost every request a coroutine and an await per step)."""
+        try:
+            refused = self.door.admit(request) or self._key(request)
+            if refused is not None:
+                return refused
+            if request.body_exists:
+                await self.door.read_body(request)
+            return await self._limited(request, handler)
+        finally:
+            self.door.done(request)
 
     def install(self, app: web.Application) -> None:
         app[LIMITER] = self.limiter
         app.cleanup_ctx.append(self._run)
-        app.on_response_prepare.append(_ratelimit_headers)
-        app.on_response_prepare.append(cors_headers)
+        app.on_response_prepare.append(_gate_headers)
 
     async def _run(self, app: web.Application) -> AsyncIterator[None]:
         if self.auth:
@@ -187,14 +194,15 @@ class Gate:
                 await asyncio.gather(task, return_exceptions=True)
             await self.limiter.close()
 
-    @web.middleware
-    async def _keys(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def _key(self, request: web.Request) -> web.StreamResponse | None:
+        """Which key, if any (401), the brute-force guard (429), admin routes (403): None lets
+        the request on, with its key record set (none on an open path)."""
         client = request.get(CLIENT) or request.remote or ""
         if not self.auth:
             request[API_KEY] = anonymous(client)
-            return await handler(request)
+            return None
         if request.path in self.open_paths and request.method in ("GET", "HEAD"):
-            return await handler(request)
+            return None
         wait = self.guard.blocked_for(client)
         if wait > 0:
             return error_response(
@@ -241,10 +249,10 @@ class Gate:
             )
         request[API_KEY] = record
         self.ring.touch(record)
-        return await handler(request)
+        return None
 
-    @web.middleware
-    async def _limits(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _limited(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Model scope (403) and rate limits (429), then the handler."""
         record = request.get(API_KEY)
         if record is None:  # an open path
             return await handler(request)
@@ -298,9 +306,11 @@ def may_use(config: Config, record: KeyRecord | None, model: str) -> bool:
     return False
 
 
-async def _ratelimit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """x-ratelimit-* on every limited response, streams included (they are prepared before
-    the handler ends, so a middleware could not add them afterwards)."""
+async def _gate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """One `on_response_prepare` hook (each costs an await per response): CORS, and
+    x-ratelimit-* on every limited response, streams included (they are prepared before the
+    handler ends, so a middleware could not add them afterwards)."""
+    cors_headers(request, response)
     decision: Decision | None = request.get(DECISION)
     if decision is not None:
         for name, value in decision.headers().items():

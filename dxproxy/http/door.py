@@ -1,4 +1,5 @@
-"""The door: what every request passes before any key is checked, as middlewares.
+"""The door: what every request passes before any key is checked (the gate of
+dxproxy/http/auth.py runs these steps in its one middleware).
 
 - (before it, per connection: the guard of dxproxy/http/listener.py);
 - `server.body_timeout` for reading a request body, which is read here, once, before the
@@ -16,7 +17,6 @@ import fnmatch
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from dxproxy.config import ServerConfig
 from dxproxy.http.errors import ApiError, error_response
@@ -94,29 +94,24 @@ def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
     return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in patterns)
 
 
-def door_middleware(server: ServerConfig) -> Middleware:
-    """Client address, Host guard, CORS: all decided from the request head alone."""
-    trusted = parse_networks(server.trusted_proxies)
-    origins = (*LOCAL_ORIGINS, *server.cors_origins)
-    guard_host = server.is_loopback
+class Door:
+    """The door's checks for one server config, as steps the gate (dxproxy/http/auth.py) runs
+    in a row inside its one middleware."""
 
-    @web.middleware
-    async def door(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await _door(request, handler)
-        finally:
-            # The next request head on this connection gets its own header_timeout, once
-            # this request's body was read to the end (else aiohttp drains or closes it).
-            transport = request.transport
-            guard = transport.get_protocol() if transport is not None else None
-            if isinstance(guard, Guard) and request.content.is_eof():
-                guard.expect_head()
+    def __init__(self, server: ServerConfig) -> None:
+        self.server = server
+        self.trusted = parse_networks(server.trusted_proxies)
+        self.origins = (*LOCAL_ORIGINS, *server.cors_origins)
+        self.guard_host = server.is_loopback
 
-    async def _door(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def admit(self, request: web.Request) -> web.StreamResponse | None:
+        """Client address, Host guard, CORS, decided from the request head alone: None lets
+        the request on; a response (a refusal, a CORS preflight's answer) ends it here."""
+        server = self.server
         request[CLIENT] = client_address(
-            request.remote or "", request.headers.get("X-Forwarded-For"), trusted
+            request.remote or "", request.headers.get("X-Forwarded-For"), self.trusted
         )
-        if guard_host and not host_allowed(
+        if self.guard_host and not host_allowed(
             request.headers.get("Host", ""), server.host, server.allowed_hosts
         ):
             return error_response(
@@ -127,63 +122,65 @@ def door_middleware(server: ServerConfig) -> Middleware:
                 "server.allowed_hosts to allow it",
             )
         origin = request.headers.get("Origin")
-        if origin is not None:
-            if not origin_allowed(origin, origins):
-                return error_response(
-                    request,
-                    403,
-                    "this browser origin is not allowed; add it to server.cors_origins",
-                )
-            cors = {
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Expose-Headers": _EXPOSE_HEADERS,
-                "Vary": "Origin",
-            }
-            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                # A preflight carries no credentials by design: answer it before the key check.
-                cors["Access-Control-Allow-Methods"] = _ALLOW_METHODS
-                cors["Access-Control-Allow-Headers"] = request.headers.get(
-                    "Access-Control-Request-Headers", _ALLOW_HEADERS
-                )
-                cors["Access-Control-Max-Age"] = "600"
-                return web.Response(status=204, headers=cors)
-            # Added as the response is prepared (cors_headers): errors and streams too.
-            request[CORS] = cors
-        return await handler(request)
+        if origin is None:
+            return None
+        if not origin_allowed(origin, self.origins):
+            return error_response(
+                request, 403, "this browser origin is not allowed; add it to server.cors_origins"
+            )
+        cors = {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Expose-Headers": _EXPOSE_HEADERS,
+            "Vary": "Origin",
+        }
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            # A preflight carries no credentials by design: answer it before the key check.
+            cors["Access-Control-Allow-Methods"] = _ALLOW_METHODS
+            cors["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", _ALLOW_HEADERS
+            )
+            cors["Access-Control-Max-Age"] = "600"
+            return web.Response(status=204, headers=cors)
+        # Added as the response is prepared (cors_headers): errors and streams too.
+        request[CORS] = cors
+        return None
 
-    return door
+    async def read_body(self, request: web.Request) -> None:
+        """Reads the body, once, with a deadline (the gate calls it after the key check:
+        strangers' bodies are never read). A client that trickles its body must not hold a
+        handler; aiohttp keeps the bytes, so the handler's own read() returns them."""
+        body_timeout = self.server.body_timeout
+        try:
+            if request.content.is_eof():  # it came with the head: no wait, no timer
+                data = await request.read()
+            else:
+                async with asyncio.timeout(body_timeout):  # no task per request, as wait_for
+                    data = await request.read()
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"the request body did not arrive within {body_timeout:g} s (server.body_timeout)",
+            ) from None
+        if not _utf8_json(data):
+            raise ApiError(400, "the request body is not valid UTF-8 (JSON must be UTF-8)")
+
+    @staticmethod
+    def done(request: web.Request) -> None:
+        """The next request head on this connection gets its own header_timeout, once this
+        request's body was read to the end (else aiohttp drains or closes it)."""
+        transport = request.transport
+        guard = transport.get_protocol() if transport is not None else None
+        if isinstance(guard, Guard) and request.content.is_eof():
+            guard.expect_head()
 
 
-async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """An `on_response_prepare` hook: the allowed origin's CORS headers on every response,
-    streams included (a stream's headers leave before its handler returns)."""
+def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The allowed origin's CORS headers, on every response as it is prepared (the gate's
+    `on_response_prepare` hook calls this), streams included: a stream's headers leave
+    before its handler returns."""
     cors = request.get(CORS)
     if cors is not None:
         response.headers.update(cors)
-
-
-def body_middleware(server: ServerConfig) -> Middleware:
-    """Reads the body, once, with a deadline (after the key check: strangers' bodies are
-    never read). A client that trickles its body must not hold a handler; aiohttp keeps the
-    bytes, so the handler's own read() returns them."""
-    body_timeout = server.body_timeout
-
-    @web.middleware
-    async def body(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.body_exists:
-            try:
-                data = await asyncio.wait_for(request.read(), body_timeout)
-            except TimeoutError:
-                raise ApiError(
-                    408,
-                    f"the request body did not arrive within {body_timeout:g} s "
-                    "(server.body_timeout)",
-                ) from None
-            if not _utf8_json(data):
-                raise ApiError(400, "the request body is not valid UTF-8 (JSON must be UTF-8)")
-        return await handler(request)
-
-    return body
 
 
 def _utf8_json(body: bytes) -> bool:

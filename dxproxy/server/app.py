@@ -46,7 +46,7 @@ def make_app(
     gate = Gate(config, api_keys=api_keys)
     # Outermost: request ids, metrics and the access log see every answer, errors included.
     access = Access(metrics.Metrics())
-    middlewares: list[Middleware] = [access.middleware, error_middleware, *gate.middlewares]
+    middlewares: list[Middleware] = [access.middleware, error_middleware, gate.middleware]
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
     gate.install(app)
     access.install(app)

@@ -12,6 +12,8 @@ above it, and the line is redrawn below.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from datetime import UTC, datetime
@@ -41,19 +43,51 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleHandler(logging.StreamHandler[TextIO]):
-    """stderr, with an optional live status line kept below the log lines (terminals only)."""
+    """stderr, with an optional live status line kept below the log lines (terminals only).
+
+    Lines logged on the event loop are written together once per turn of the loop: under load
+    that is one write for many access lines instead of a system call per request (the access
+    log was a third of a request's CPU time). The write is scheduled with `call_soon`, so a
+    line still leaves within the same turn; `flush()` (called by logging at exit) writes what
+    is left. Lines from other threads, and everything on a terminal, are written at once.
+    """
 
     def __init__(self, stream: TextIO, *, live: bool) -> None:
         super().__init__(stream)
         self.live = live  # a terminal: the status line is redrawn in place
         self._status = ""
+        self._pending: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # another thread, or before the loop runs
+            loop = None
+        if loop is None or self.live:
+            self._write_now(text)
+            return
+        self._pending.append(text)  # under the handler's lock (Handler.handle holds it)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            if self._pending:
+                text, self._pending = "".join(self._pending), []
+                self._write(text)
+
+    def _write_now(self, text: str) -> None:
+        if self._pending:
+            self.flush()
         if self._status:
-            self._write("\r\x1b[K")
-        super().emit(record)
-        if self._status:
-            self._write(self._status)
+            self._write("\r\x1b[K" + text + self._status)
+        else:
+            self._write(text)
 
     def _write(self, text: str) -> None:
         try:
