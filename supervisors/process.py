@@ -7,6 +7,14 @@ probing it while it serves: an engine that exits, or stops answering (hung, or S
 killed and restarted with exponential backoff, giving up after `MAX_FAILURES` failures within
 `FAILURE_WINDOW`.
 
+A hang is told from a slow moment in seconds (`_liveness`): the engine's HTTP server answers
+its probe even while the engine computes a long prompt on a saturated CPU, perhaps late, so an
+unanswered probe alone is not a hang. It is one when, for `HANG_AFTER` seconds, the probe went
+unanswered AND the engine sent nothing on any reply (the front reports what it hears through
+`heard()`) AND its process used almost no CPU time: nothing answers, nothing flows, nothing
+computes. An engine that computes but does not answer is killed only by the backstop, after
+`UNANSWERED_BUSY` seconds without an answer. The numbers are measured in docs/PERFORMANCE.md.
+
 Sleep mode (vLLM) is the one exception to "the run task moves the state": `sleep()` and
 `wake()`, called by the supervisor, move a ready, idle engine to SLEEPING and back through
 WAKING, each as one small task of its own. They never kill or restart anything: a sleep or
@@ -30,6 +38,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
+import psutil
 
 from supervisors.adapters import LOOPBACK, EngineAdapter, EngineNotFound, Launch
 from supervisors.logs import LogFiles
@@ -43,15 +52,24 @@ MAX_FAILURES = 5  # in FAILURE_WINDOW seconds, then give up until the config cha
 FAILURE_WINDOW = 600.0
 BACKOFF_FIRST = 1.0  # seconds before the first restart, doubling after each failure
 BACKOFF_MAX = 60.0
-# While ready: a probe every LIVENESS_INTERVAL s; LIVENESS_FAILURES in a row unanswered
-# within LIVENESS_TIMEOUT s each mean the engine hangs. A busy engine still answers (its HTTP
-# server runs beside the generation), but on a saturated CPU it may answer late: with
-# requests in flight it gets LIVENESS_FAILURES_BUSY misses before it is killed.
-LIVENESS_INTERVAL = 2.0
+# While ready: a probe every LIVENESS_INTERVAL s, given LIVENESS_TIMEOUT s to answer.
+LIVENESS_INTERVAL = 0.5
 LIVENESS_TIMEOUT = 5.0
-LIVENESS_FAILURES = 2
-LIVENESS_FAILURES_BUSY = 4
+# A hang (module docstring): HANG_AFTER s with the probe unanswered, no reply bytes and less
+# than HANG_CPU s of CPU time. Looked at every HANG_TICK s while a probe is out; a look more
+# than HANG_LAG s late means DX itself was held up, and what it timed says nothing of the
+# engine: the window starts again.
+HANG_AFTER = 1.5
+HANG_CPU = 0.02
+HANG_TICK = 0.25
+HANG_LAG = 0.5
+# The backstop, for an engine that does not answer but computes (or whose CPU time cannot be
+# read): no probe answered for this long, idle or with requests in flight.
+UNANSWERED_IDLE = 10.0
+UNANSWERED_BUSY = 20.0
 TAIL_LINES = 50  # engine output lines kept with an error
+FATES_KEPT = 8  # how the last engine processes ended, for requests that outlive them
+OUTPUT_READ = 65536  # bytes of engine output read at once
 RING_LINES = 2000  # engine output lines kept in memory (the admin API shows them)
 PORT_RETRIES = 3  # another process took the port between DX choosing it and the engine
 PR_SET_PDEATHSIG = 1
@@ -127,6 +145,14 @@ class Replica(SleepMode):
         self.started_at = 0.0
         self.ready_in = 0.0  # seconds from spawn to ready, last start
         self.gave_up = False
+        # Bumped at every spawn: which engine process served a request (`fate`).
+        self.generation = 0
+        # How the last engine process that served ended: "hung" (killed for not answering),
+        # "exited" (it crashed or quit); "" while it serves, or when a start failed.
+        self.ended = ""
+        self._fates: collections.OrderedDict[int, str] = collections.OrderedDict()  # `fate`
+        self.restart_at = 0.0  # monotonic time the pending restart begins (0: none pending)
+        self.last_output = 0.0  # monotonic time the front last heard reply bytes (`heard`)
         # Sleep mode (vLLM): what the loader and the metrics report.
         self.can_sleep = adapter.can_sleep(spec)
         self.sleep_level = 0  # while asleep: 1 (weights in CPU memory); 0 while awake
@@ -171,10 +197,13 @@ class Replica(SleepMode):
 
     @property
     def may_become_ready(self) -> bool:
-        """True while waiting for this replica makes sense. Not between restarts: a crashed
-        engine's callers get a 503 with the reason at once rather than wait out a backoff."""
+        """True while waiting for this replica makes sense: starting, serving, asleep, or
+        being restarted after the engine that served hung or crashed. Not after a failed
+        start: its callers get a 503 with the reason at once rather than wait out a backoff."""
         if self._stopping or self.gave_up:
             return False
+        if self.state is EngineState.FAILED:
+            return bool(self.ended)
         # A sleeping engine serves again once woken (the loader wakes it for a request).
         return self.state in (
             EngineState.STARTING,
@@ -182,6 +211,54 @@ class Replica(SleepMode):
             EngineState.SLEEPING,
             EngineState.WAKING,
         )
+
+    def back_in(self) -> float | None:
+        """About how many seconds until this replica serves again: 0 when it does; None
+        when nobody can tell (stopped, given up, or a start failed)."""
+        if self.state is EngineState.READY:
+            return 0.0
+        if not self.may_become_ready:
+            return None
+        now = time.monotonic()
+        if self.state is EngineState.FAILED:
+            return max(0.0, self.restart_at - now) + self.ready_in
+        if self.state is EngineState.STARTING and self.started_at:
+            return max(0.0, self.ready_in - (time.time() - self.started_at))
+        return self.ready_in
+
+    def heard(self) -> None:
+        """The front received bytes of a reply from this engine: it is not silent."""
+        self.last_output = time.monotonic()
+
+    async def fate(self, generation: int, within: float = 1.0) -> str:
+        """How the engine process of `generation` (read when the request was sent) ended:
+        "hung" or "exited" (DX restarts it), "stopped" (DX stopped it: a reload, a removal,
+        shutdown); "" when it still serves. The front asks when an engine connection broke,
+        which it can see a moment before the process's exit is noticed here: a process that
+        is dead or dying is waited for, at most `within` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.generation == generation and self.state in (
+            EngineState.READY,
+            EngineState.DRAINING,
+        ):
+            if not self._dying() or loop.time() >= deadline:
+                return ""
+            await asyncio.sleep(0.02)
+        if generation in self._fates:
+            return self._fates[generation]
+        if self._stopping or self.state in (EngineState.STOPPING, EngineState.STOPPED):
+            return "stopped"
+        return "exited"
+
+    def _dying(self) -> bool:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return True
+        try:
+            return psutil.Process(proc.pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.Error:
+            return True
 
     def failure(self, lines: int) -> tuple[str, list[str]]:
         """Why the replica is down: the headline of `error`, and the engine's last `lines`
@@ -282,40 +359,58 @@ class Replica(SleepMode):
                 await self._start_with_port_retries()
             except EngineStartError as exc:
                 self.error = str(exc)
+                self.ended = ""  # a start failed: nobody waits for the next one
                 await self._kill(hard=True)
+                delay = self._count_failure(recent)
                 self._set_state(EngineState.FAILED, self.error)
             else:
-                why = await self._watch()
+                self.ended, why = await self._watch()
+                self._fates[self.generation] = self.ended
+                if len(self._fates) > FATES_KEPT:
+                    self._fates.popitem(last=False)
                 self.error = self._explain(why)
+                delay = self._count_failure(recent)
+                # FAILED before the kill: the router sends it nothing more, and the front,
+                # whose connections the kill breaks, finds out why (`fate`).
+                self._set_state(EngineState.FAILED, self.error)
                 # A hung engine ignores SIGTERM (a SIGSTOPped one cannot even see it), and a
                 # crashed one may have left children: kill the whole group at once.
                 await self._kill(hard=True)
-                self._set_state(EngineState.FAILED, self.error)
-            now = time.monotonic()
-            recent.append(now)
-            while recent[0] < now - FAILURE_WINDOW:
-                recent.popleft()
-            failures = len(recent)
-            if failures >= MAX_FAILURES:
-                self.gave_up = True
+            if self.gave_up:
                 log.error(
                     "%s: giving up after %d failures in %.0f minutes",
                     self.id,
-                    failures,
+                    len(recent),
                     FAILURE_WINDOW / 60,
                 )
                 self._on_change(self, StateChange(self.id, self.state, self.state, "gave up"))
                 return
-            delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
             log.warning(
                 "%s: restarting in %.0f s (failure %d of %d)",
                 self.id,
                 delay,
-                failures,
+                len(recent),
                 MAX_FAILURES,
             )
             await asyncio.sleep(delay)
+            self.restart_at = 0.0
             self.restarts += 1
+
+    def _count_failure(self, recent: collections.deque[float]) -> float:
+        """Count a failure in the window; set `gave_up`, or when the restart begins (before
+        the FAILED transition, so that those who watch it know what comes next). Returns the
+        backoff in seconds."""
+        now = time.monotonic()
+        recent.append(now)
+        while recent[0] < now - FAILURE_WINDOW:
+            recent.popleft()
+        failures = len(recent)
+        if failures >= MAX_FAILURES:
+            self.gave_up = True
+            return 0.0
+        delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        self.restart_at = now + delay
+        return delay
 
     async def _start_with_port_retries(self) -> None:
         for attempt in range(PORT_RETRIES):
@@ -333,6 +428,7 @@ class Replica(SleepMode):
         self._set_state(EngineState.STARTING, "spawning")
         self.port = free_port()
         self.sleep_level = 0  # a new engine starts awake
+        self.generation += 1
         self.asleep_since = 0.0
         self._wedged.clear()
         self.api_key = secrets.token_urlsafe(24)
@@ -345,9 +441,9 @@ class Replica(SleepMode):
             argv = self.adapter.argv(self.spec, launch)
         except EngineNotFound as exc:
             raise EngineStartError(f"engine {self.id} cannot start: {exc}") from None
-        self._since_spawn = 0
         shown = " ".join(argv).replace(self.api_key, "***")  # the key stays out of the logs
         log.info("%s: starting on %s: %s", self.id, self.device, shown)
+        self._since_spawn = 0
         self._remember(f"--- dx: starting {self.id} on {self.device}: {shown}")
         t0 = time.monotonic()
         try:
@@ -390,42 +486,109 @@ class Replica(SleepMode):
             await asyncio.sleep(0.1)
         self.ready_in = time.monotonic() - t0
         self.error = ""
+        self.ended = ""
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
 
-    async def _watch(self) -> str:
-        """While ready (or asleep): wait for the engine to exit, to stop answering, or for a
-        sleep or wake to leave it in doubt; say which."""
+    async def _watch(self) -> tuple[str, str]:
+        """While ready (or asleep): wait for the engine to exit, to hang, or for a sleep or
+        wake to leave it in doubt; say which ("exited" or "hung") and why."""
         assert self._proc is not None
         exited = asyncio.ensure_future(self._proc.wait())
         wedged = asyncio.ensure_future(self._wedged.wait())
         url = self.base_url + self.adapter.live_path
-        missed = 0
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
         try:
             while True:
                 done, _ = await asyncio.wait({exited, wedged}, timeout=LIVENESS_INTERVAL)
                 if exited in done:
-                    return f"exited unexpectedly with code {exited.result()}"
+                    return "exited", f"exited unexpectedly with code {exited.result()}"
                 if done:
-                    return self._wedged_why
+                    return "hung", self._wedged_why
                 # vLLM answers /health while asleep (it only checks that its engine core
                 # lives), so probing goes on; a crash while asleep is restarted as any other.
-                if await self._probe(url, within=LIVENESS_TIMEOUT):
-                    missed = 0
+                answer = await self._liveness(url)
+                if isinstance(answer, str):
+                    return "hung", answer
+                now = loop.time()
+                if answer or self._busy_elsewhere():
+                    answered = now
                     continue
-                if self._op is not None and not self._op.done():
-                    continue  # a sleep or wake is under way, with a time limit of its own
-                if self._proc.returncode is not None:
-                    continue  # it died meanwhile: reported as an exit on the next turn
-                missed += 1
-                if missed >= (LIVENESS_FAILURES_BUSY if self.in_flight else LIVENESS_FAILURES):
-                    return (
+                limit = UNANSWERED_BUSY if self.in_flight else UNANSWERED_IDLE
+                if now - answered >= limit:
+                    return "hung", (
                         f"stopped answering its health check ({self.adapter.live_path} "
-                        f"unanswered {missed} times in a row, {LIVENESS_TIMEOUT:.0f} s each): "
-                        "killed it"
+                        f"unanswered for {now - answered:.0f} s): killed it"
                     )
         finally:
             exited.cancel()
             wedged.cancel()
+
+    def _busy_elsewhere(self) -> bool:
+        """A sleep or wake is under way (with a time limit of its own), or the engine died
+        meanwhile (reported as an exit on the next turn): an unanswered probe says nothing."""
+        if self._op is not None and not self._op.done():
+            return True
+        return self._proc is None or self._proc.returncode is not None
+
+    async def _liveness(self, url: str) -> bool | str:
+        """One probe: True when answered within LIVENESS_TIMEOUT, False when not, or why the
+        engine hangs when, while the probe is out, it stays silent and idle for HANG_AFTER
+        seconds (the module docstring)."""
+        loop = asyncio.get_running_loop()
+        probe = asyncio.ensure_future(self._probe(url, within=LIVENESS_TIMEOUT))
+        # (when, CPU seconds, last_output) at each look, over the last HANG_AFTER seconds
+        samples: collections.deque[tuple[float, float, float]] = collections.deque()
+        last = loop.time()
+        try:
+            while True:
+                done, _ = await asyncio.wait({probe}, timeout=HANG_TICK)
+                if done:
+                    return probe.result()
+                cpu = self._cpu_seconds()
+                now = loop.time()
+                if now - last > HANG_TICK + HANG_LAG:
+                    samples.clear()  # DX was held up: start the window again
+                last = now
+                if cpu is None or self._busy_elsewhere():
+                    samples.clear()
+                    continue
+                samples.append((now, cpu, self.last_output))
+                while len(samples) > 1 and samples[1][0] <= now - HANG_AFTER:
+                    samples.popleft()
+                since, cpu_then, heard_then = samples[0]
+                if (
+                    now - since >= HANG_AFTER
+                    and cpu - cpu_then < HANG_CPU
+                    and self.last_output == heard_then
+                ):
+                    return (
+                        f"stopped responding: {self.adapter.live_path} unanswered for "
+                        f"{now - since + HANG_TICK:.1f} s while it sent nothing and used no "
+                        f"CPU time{self._stopped_note()}: killed it"
+                    )
+        finally:
+            probe.cancel()
+
+    def _cpu_seconds(self) -> float | None:
+        """CPU time the engine's main process (all its threads) has used; None if unknown."""
+        if self.pid is None:
+            return None
+        try:
+            t = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(t.user + t.system)
+
+    def _stopped_note(self) -> str:
+        try:
+            stopped = self.pid is not None and psutil.Process(self.pid).status() in (
+                psutil.STATUS_STOPPED,
+                psutil.STATUS_TRACING_STOP,
+            )
+        except psutil.Error:
+            return ""
+        return " (its process is stopped, as by SIGSTOP)" if stopped else ""
 
     async def _probe(self, url: str, within: float) -> bool:
         try:
@@ -437,23 +600,29 @@ class Replica(SleepMode):
             return False
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        """The engine's output, in large reads split into lines here (engines print a line
+        per request: one await and one queue put per line cost every request its share)."""
         assert proc.stdout is not None
-        while True:
-            try:
-                line = await proc.stdout.readline()
-            except ValueError:  # a line longer than the stream limit: take what is there
-                line = await proc.stdout.read(65536)
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip()
+        partial = b""
+        while chunk := await proc.stdout.read(OUTPUT_READ):
+            *whole, partial = (partial + chunk).split(b"\n")
+            if len(partial) >= OUTPUT_READ:  # a line longer than that is cut, not held
+                whole.append(partial)
+                partial = b""
+            if whole:
+                self._since_spawn += len(whole)
+                self._remember(*(raw.decode(errors="replace").rstrip() for raw in whole))
+        if partial:
             self._since_spawn += 1
-            self._remember(text)
-            log.debug("%s| %s", self.id, text)
+            self._remember(partial.decode(errors="replace").rstrip())
 
-    def _remember(self, line: str) -> None:
-        self._ring.append(line)
+    def _remember(self, *lines: str) -> None:
+        self._ring.extend(lines)
         if self._logs is not None:
-            self._logs.write(self.id, line)
+            self._logs.write(self.id, lines)
+        if log.isEnabledFor(logging.DEBUG):
+            for line in lines:
+                log.debug("%s| %s", self.id, line)
 
     def _explain(self, what: str) -> str:
         lines = self.output(min(self._since_spawn, TAIL_LINES))

@@ -1,13 +1,15 @@
 """Errors in the caller's dialect: Ollama `{"error": "..."}`, OpenAI `{"error": {...}}`.
 
 Handlers raise `ApiError`; the error middleware renders it (and aiohttp's own HTTP errors such
-as 404, 405 and 413) for the API the request was made to. Bad input never becomes a 500;
-only a bug in DX does, answered with an error id to find in the log.
+as 404, 405 and 413) for the API the request was made to, with a `Retry-After` header when the
+error says when to retry (every 503: the model is restarting, the queue is full). Bad input
+never becomes a 500; only a bug in DX does, answered with an error id to find in the log.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from typing import Any, Literal
 
@@ -40,13 +42,20 @@ _ANTHROPIC_TYPES = {
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.retry_after = retry_after  # seconds; sent as Retry-After (whole, at least 1)
 
 
 def dialect_of(request: web.Request) -> Dialect:
@@ -93,7 +102,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return await _answer(request, exc.status, exc.message, param=exc.param, code=exc.code)
+        headers = None
+        if exc.retry_after is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return await _answer(
+            request, exc.status, exc.message, param=exc.param, code=exc.code, headers=headers
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

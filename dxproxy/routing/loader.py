@@ -41,7 +41,7 @@ from dxproxy.config import Config, ModelConfig
 from dxproxy.models.memory import Estimate, estimate, gib
 from dxproxy.routing.eviction import Loaded, shortfall, victims
 from dxproxy.routing.live import Live
-from dxproxy.routing.router import Router, Unavailable
+from dxproxy.routing.router import RETRY_BUSY, RETRY_GAVE_UP, Router, Unavailable
 from supervisors import EngineSpec, EngineState, Supervisor
 
 log = logging.getLogger("dx.loader")
@@ -147,7 +147,8 @@ class Loader:
         except TimeoutError:
             raise Unavailable(
                 f"model '{model.name}' waited {model.startup_timeout:.0f} s for its turn to "
-                "load (other models held the memory it needs); try again"
+                "load (other models held the memory it needs); try again",
+                retry_after=RETRY_BUSY,
             ) from None
 
     def used(self, model: ModelConfig, keep: float | None = None) -> None:
@@ -172,7 +173,10 @@ class Loader:
                 if replicas and not any(r.may_become_ready for r in replicas):
                     break
                 await asyncio.sleep(0.05)
-        raise Unavailable(f"model '{model.name}' did not load; GET /admin/models says why")
+        raise Unavailable(
+            f"model '{model.name}' did not load; GET /admin/models says why",
+            retry_after=RETRY_GAVE_UP,
+        )
 
     async def unload(self, model: ModelConfig) -> None:
         async with self._lock:
@@ -261,7 +265,8 @@ class Loader:
             self._settle(model.name, exc)
         except Exception as exc:  # a bug must not leave requests waiting forever
             log.exception("%s: loading failed", model.name)
-            self._settle(model.name, Unavailable(f"model '{model.name}' failed to load: {exc}"))
+            failed = f"model '{model.name}' failed to load: {exc}"
+            self._settle(model.name, Unavailable(failed, retry_after=RETRY_GAVE_UP))
         else:
             self._settle(model.name)
         finally:
@@ -388,5 +393,6 @@ class Loader:
             raise Unavailable(
                 f"model '{model.name}' cannot be loaded: {why} (loaded: {loaded_text or 'none'}"
                 "). Unload one (keep_alive: 0), or raise limits.memory_budget / "
-                "limits.max_loaded_models"
+                "limits.max_loaded_models",
+                retry_after=RETRY_GAVE_UP,
             )

@@ -10,7 +10,10 @@ its `capacity`, which matters for llama-cpp-python: one at a time):
 
 When no replica has room, the request waits in a per-model queue, bounded in length (full:
 503 at once) and in time (`limits.queue_timeout`; for a model that is loading, its
-`startup_timeout`). A freed slot is handed to a waiter directly. The queue is fair between API
+`startup_timeout`). A model whose engine hung or crashed while serving is being restarted:
+its requests wait for the restart too, within `queue_timeout` (a failed start, or a model DX
+gave up on, is a 503 at once, with the reason). Every 503 says when to retry (`retry_after`,
+the Retry-After header). A freed slot is handed to a waiter directly. The queue is fair between API
 keys: keys take turns, each key's own requests in arrival order, so a key that sends 32
 requests at once cannot make another key's single request wait behind all of them. A request
 whose client leaves while it waits leaves the queue.
@@ -32,12 +35,30 @@ AFFINITY_ENTRIES = 10_000  # conversations remembered per DX process (least rece
 
 
 class Unavailable(Exception):
-    """No replica can serve the model now; the message says why and what to do."""
+    """No replica can serve the model now; the message says why and what to do, and
+    `retry_after` in how many seconds a retry may succeed (None: not by waiting)."""
 
-    def __init__(self, message: str, status: int = 503) -> None:
+    def __init__(self, message: str, status: int = 503, *, retry_after: float | None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.retry_after = retry_after
+
+
+class EngineDropped(Unavailable):
+    """The engine closed the connection before it answered (dxproxy/routing/upstream.py)."""
+
+
+RETRY_BUSY = 1.0  # seconds: Retry-After when the queue is full or the wait timed out
+RETRY_GAVE_UP = 60.0  # DX gave up restarting: nothing changes until the config does
+
+
+def retry_after(replicas: list[Replica]) -> float:
+    """When the first replica that may serve again is expected to."""
+    soon = [t for r in replicas if (t := r.back_in()) is not None]
+    if soon:
+        return max(1.0, min(soon))
+    return RETRY_GAVE_UP
 
 
 @dataclass(eq=False, slots=True)
@@ -154,7 +175,7 @@ class Router:
             waiter.future.set_result(self._take(replica, model, waiter.affinity))
         replicas = self._supervisor.replicas(model)
         if queue and not any(r.may_become_ready for r in replicas):
-            why = Unavailable(self._why_down(model, replicas))
+            why = Unavailable(self._why_down(model, replicas), retry_after=retry_after(replicas))
             while queue:
                 waiter = queue.pop()
                 if not waiter.future.done():
@@ -189,17 +210,22 @@ class Router:
                 return self._take(replica, model, affinity)
         replicas = self._supervisor.replicas(model)
         if not any(r.may_become_ready for r in replicas):
-            raise Unavailable(self._why_down(model, replicas))
+            raise Unavailable(self._why_down(model, replicas), retry_after=retry_after(replicas))
         if len(queue) >= self.limits.queue_size:
             raise Unavailable(
                 "server busy, please try again.  maximum pending requests exceeded "
-                f"({self.limits.queue_size} waiting for '{model}'; raise limits.queue_size)"
+                f"({self.limits.queue_size} waiting for '{model}'; raise limits.queue_size)",
+                retry_after=RETRY_BUSY,
             )
         waiter = _Waiter(affinity, key)
         queue.append(waiter)
         timeout = self.limits.queue_timeout
         spec = self._supervisor.spec(model)
-        if spec is not None and not any(r.state is EngineState.READY for r in replicas):
+        if (
+            spec is not None
+            and not any(r.state is EngineState.READY for r in replicas)
+            and not any(r.ended or r.restarts for r in replicas)
+        ):
             timeout = max(timeout, spec.startup_timeout)  # the model is loading: its start
         try:
             done = await wait_with_notices(waiter.future, timeout, notify)
@@ -208,9 +234,17 @@ class Router:
             raise
         if not done:
             self._abandon(model, waiter)
+            replicas = self._supervisor.replicas(model)
+            if any(r.state is EngineState.READY for r in replicas):
+                raise Unavailable(
+                    f"timed out after {timeout:.0f} s waiting for a free "
+                    f"replica of '{model}' (raise limits.queue_timeout, or add replicas)",
+                    retry_after=RETRY_BUSY,
+                )
             raise Unavailable(
-                f"timed out after {timeout:.0f} s waiting for a free "
-                f"replica of '{model}' (raise limits.queue_timeout, or add replicas)"
+                f"timed out after {timeout:.0f} s waiting for the engine serving '{model}' to "
+                "start again; DX is restarting it — retry in a few seconds",
+                retry_after=retry_after(replicas),
             )
         return waiter.future.result()  # or the Unavailable that _dispatch set
 

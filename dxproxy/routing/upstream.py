@@ -10,8 +10,9 @@ keep that from losing a request:
 - A streamed request asks for `Connection: close`: its connection goes back to no pool.
 - A request that fails on a *reused* connection before any answer (the engine closed it: the
   request never reached it) is sent once more, on a connection made for it alone. A request
-  that fails on a new connection is not sent again: the engine may have started it, and no
-  generation may run twice.
+  that fails on a new connection is not sent again here (`EngineDropped`): the engine may have
+  started it, and no generation may run twice. The caller sends it again only once the engine
+  is known dead (dxproxy/api/engine.py): then nothing of it runs any more.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from dxproxy.routing.router import Unavailable
+from dxproxy.routing.router import EngineDropped, Unavailable
 from supervisors import EngineState, Replica
 
 if TYPE_CHECKING:
@@ -104,12 +105,17 @@ class Upstream:
         await self._fresh.close()
 
 
-def _not_answering(model: str) -> Unavailable:
-    return Unavailable(f"the engine of '{model}' is not answering; it may be restarting, try again")
+def _not_answering(model: str) -> EngineDropped:
+    return EngineDropped(
+        f"the engine serving '{model}' closed the connection without answering; it may be "
+        "restarting — retry in a few seconds",
+        retry_after=2,
+    )
 
 
 def _unreachable(model: str, exc: BaseException) -> Unavailable:
+    what = "did not answer in time" if isinstance(exc, TimeoutError) else "sent a broken reply"
     return Unavailable(
-        f"the engine of '{model}' did not answer ({type(exc).__name__}: {exc}); it may be "
-        "restarting, try again"
+        f"the engine serving '{model}' {what}; it may be restarting — retry in a few seconds",
+        retry_after=2,
     )

@@ -255,7 +255,8 @@ def test_engine_death_mid_stream(dx_fake: DxProcess) -> None:
     resp = httpx.post(dx_fake.url + "/api/chat", headers=dx_fake.auth, timeout=30,
                       json={"model": "fake", "messages": [{"role": "user", "content": "DIE"}]})
     lines = ndjson_lines(resp)
-    assert "failed mid-stream" in str(lines[-1]["error"])
+    assert "the engine serving 'fake' stopped unexpectedly (it exited); DX is restarting it" in str(
+        lines[-1]["error"])
     assert not any(line.get("done") for line in lines)
     # DX keeps serving, restarts the engine, and the model answers again.
     deadline = time.monotonic() + 20

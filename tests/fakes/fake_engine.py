@@ -8,6 +8,11 @@ Its answer is fixed ("Hello from the fake engine."), one token per SSE chunk. Wo
 last user message inject faults:
 
 - ``DIE`` : send three chunks, then exit the process (an engine crash mid-stream)
+- ``HANG``: send three chunks, then hang: the whole process freezes, answering nothing (not
+  even /health), sending nothing and using no CPU (a deadlocked engine), for an hour
+- ``BUSY``: send three chunks, then compute for 4 s without answering anything (the process
+  spins on the CPU: an engine busy with a long prompt on a saturated machine, whose health
+  check answers late), then finish the reply as usual
 - ``SLOW``: 200 chunks, 20 ms apart (long enough to disconnect in the middle)
 - ``PAUSE``: the usual six chunks, 50 ms apart (long enough to overlap with other requests)
 - ``REJECT``: answer 400 with an OpenAI error
@@ -284,6 +289,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
             for i, tok in enumerate(tokens):
                 if "DIE" in text and i == 3:
                     os._exit(17)  # a crash: no [DONE], the connection just drops
+                if "HANG" in text and i == 3:
+                    print("fake engine: hanging (as asked)", flush=True)
+                    time.sleep(3600)  # noqa: ASYNC251 - blocks everything, as a deadlock does
+                if "BUSY" in text and i == 3:
+                    print("fake engine: busy for 4 s (as asked)", flush=True)
+                    end = time.monotonic() + 4
+                    while time.monotonic() < end:  # blocks everything, computing
+                        pass
                 if chat:
                     await resp.write(_chunk(name, {"content": tok},
                                             logprobs=_logprobs(body, [tok])))

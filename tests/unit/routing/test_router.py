@@ -24,9 +24,15 @@ class Replica:
     error: str = ""
     gave_up: bool = False
     may_become_ready: bool = True
+    ended: str = ""  # "hung" or "exited": being restarted after it served
+    restarts: int = 0
+    due: float = 0.0  # back_in() while it may become ready
 
     def failure(self, lines: int) -> tuple[str, list[str]]:
         return self.error, []
+
+    def back_in(self) -> float | None:
+        return self.due if self.may_become_ready else None
 
 
 @dataclass
@@ -93,9 +99,30 @@ async def test_a_full_queue_answers_at_once() -> None:
     r = router(Replica("m#0", in_flight=1), queue_size=1)
     waiting = asyncio.create_task(r._wait_for_replica("m", None, "k"))
     await asyncio.sleep(0)
-    with pytest.raises(Unavailable, match="maximum pending requests exceeded"):
+    with pytest.raises(Unavailable, match="maximum pending requests exceeded") as refused:
         await r._wait_for_replica("m", None, "k")
+    assert refused.value.retry_after == 1
     waiting.cancel()
+
+
+async def test_requests_wait_for_an_engine_being_restarted_after_a_hang() -> None:
+    hung = Replica("m#0", state=EngineState.FAILED, ended="hung", restarts=1, due=3.0)
+    r = router(hung)
+    waiter = asyncio.create_task(r._wait_for_replica("m", None, "k"))
+    await asyncio.sleep(0.01)
+    assert r.waiting("m") == 1 and not waiter.done()
+    hung.state = EngineState.READY  # restarted
+    r._on_change(hung, None)  # type: ignore[arg-type]
+    assert await waiter is hung
+
+
+async def test_a_restart_longer_than_the_queue_timeout_is_a_503_saying_when() -> None:
+    hung = Replica("m#0", state=EngineState.FAILED, ended="hung", restarts=1, due=7.4)
+    r = router(hung)
+    r.limits = LimitsConfig(queue_size=64, queue_timeout=0.1)
+    with pytest.raises(Unavailable, match="to start again; DX is restarting it") as late:
+        await r._wait_for_replica("m", None, "k")
+    assert late.value.retry_after == 7.4
 
 
 async def test_a_client_that_leaves_leaves_the_queue() -> None:
@@ -117,5 +144,6 @@ async def test_no_replica_that_can_serve_fails_waiters_at_once() -> None:
     broken = Replica("m#0", state=EngineState.FAILED, may_become_ready=False,
                      error="engine m#0 exited", gave_up=True)
     r = router(broken)
-    with pytest.raises(Unavailable, match="model 'm' is unavailable: engine m#0 exited"):
+    with pytest.raises(Unavailable, match="model 'm' is unavailable: engine m#0 exited") as down:
         await r._wait_for_replica("m", None, "k")
+    assert down.value.retry_after == 60  # given up: not by waiting

@@ -21,7 +21,7 @@ import pytest
 from dxproxy.config import LimitsConfig
 from dxproxy.routing.router import Router
 from supervisors.adapters import ADAPTERS
-from supervisors.process import LIVENESS_FAILURES, LIVENESS_INTERVAL, Replica
+from supervisors.process import HANG_AFTER, LIVENESS_INTERVAL, Replica
 from supervisors.spec import EngineSpec
 from supervisors.states import EngineState
 from supervisors.supervisor import Supervisor
@@ -86,7 +86,7 @@ async def test_sleep_and_wake_keep_the_process_and_serve_after(
 
     # Asleep longer than liveness needs to kill a silent engine: /health still answers
     # (as vLLM's does), so it is left alone.
-    await asyncio.sleep(LIVENESS_FAILURES * LIVENESS_INTERVAL + 1)
+    await asyncio.sleep(LIVENESS_INTERVAL + HANG_AFTER + 1)
     assert replica.state is S.SLEEPING and replica.pid == pid and replica.restarts == 0
 
     t0 = time.monotonic()
