@@ -57,6 +57,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
         resp = await request.app[SESSION].post(
             upstream + "/v1/chat/completions",
             json=body,
+            headers={"Authorization": request.headers.get("Authorization", "")},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
         )
     except aiohttp.ClientError as exc:  # the engine is still starting
@@ -101,7 +102,11 @@ def spawned(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]
 
 
 async def wait_ready(
-    session: aiohttp.ClientSession, url: str, model: str, proc: subprocess.Popen[bytes]
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    proc: subprocess.Popen[bytes],
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Until a request for `model` through the relay succeeds (the engine is up too)."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -109,7 +114,12 @@ async def wait_ready(
         if proc.poll() is not None:
             raise BenchError(f"the relay exited with code {proc.returncode}")
         with contextlib.suppress(aiohttp.ClientError):
-            async with session.post(url, json={"model": model, "max_tokens": 1}) as resp:
+            body = {
+                "model": model,
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            async with session.post(url, json=body, headers=headers) as resp:
                 if resp.status == 200:
                     return
         await asyncio.sleep(0.1)

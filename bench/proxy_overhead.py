@@ -282,6 +282,9 @@ class Dx:
         self.port = free_port()
         self.key = ""
         self.engine_ports: dict[str, int] = {}  # model id (from /v1/models) -> port
+        # Each engine's own key (DX gives it in the environment, DX_ENGINE_API_KEY, read here):
+        # the direct path, and proxies put in front of the engine, send it.
+        self.engine_headers: dict[str, dict[str, str]] = {}
         self.ready_line = ""
         self.proc: asyncio.subprocess.Process | None = None
         self.ps: psutil.Process | None = None
@@ -375,9 +378,11 @@ class Dx:
 
     async def _find_engines(self) -> dict[str, int]:
         """The engines' ports: what dx's children listen on (loopback), by served model id."""
-        ports: set[int] = set()
+        ports: dict[int, dict[str, str]] = {}  # port -> the headers its engine wants
         for child in self.engines:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                key = child.environ().get("DX_ENGINE_API_KEY", "")
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
                 for conn in child.net_connections(kind="tcp"):
                     if (
                         conn.status == psutil.CONN_LISTEN
@@ -385,16 +390,17 @@ class Dx:
                         and conn.laddr.ip == LOOPBACK
                         and conn.laddr.port != self.port
                     ):
-                        ports.add(conn.laddr.port)
+                        ports[conn.laddr.port] = headers
         found: dict[str, int] = {}
         async with client() as session:
-            for port in sorted(ports):
+            for port, headers in sorted(ports.items()):
                 url = f"http://{LOOPBACK}:{port}/v1/models"
-                async with session.get(url) as resp:
+                async with session.get(url, headers=headers) as resp:
                     if resp.status != 200:
                         raise BenchError(f"GET {url}: HTTP {resp.status}")
                     for entry in (await resp.json()).get("data") or ():
                         found[str(entry.get("id"))] = port
+                        self.engine_headers[str(entry.get("id"))] = headers
         if not found:
             raise BenchError(f"no engine found under dx (loopback ports: {sorted(ports)})")
         return found

@@ -50,6 +50,7 @@ from proxy_overhead import (
     MODEL_NAME,
     BenchError,
     Dx,
+    Sample,
     Target,
     client,
     cpu_seconds,
@@ -60,6 +61,7 @@ from proxy_overhead import (
 
 HERE = Path(__file__).resolve().parent
 CLIENTS = 32
+RETRIED: dict[str, int] = {}  # requests asked again after a closed connection, per path
 
 
 @dataclass(slots=True)
@@ -91,6 +93,24 @@ def caddyfile(port: int, engine_port: int) -> str:
     )
 
 
+async def ask(
+    proxy: Proxy, session: aiohttp.ClientSession, *, stream: bool, max_tokens: int
+) -> Sample:
+    """One request; asked again, once, when a kept-alive connection was closed under it
+    (llama-server closes idle ones as a request is sent: docs/PERFORMANCE.md, issue 24), as
+    any client of that engine must. Counted in RETRIED."""
+    for attempt in (1, 2):
+        try:
+            return await proxy.target.ask(session, stream=stream, max_tokens=max_tokens)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if attempt == 2:
+                raise BenchError(f"{proxy.target.label}: {exc!r}") from exc
+            RETRIED[proxy.name] = RETRIED.get(proxy.name, 0) + 1
+        except aiohttp.ClientError as exc:
+            raise BenchError(f"{proxy.target.label}: {exc!r}") from exc
+    raise AssertionError("unreachable")
+
+
 async def load(proxy: Proxy, session: aiohttp.ClientSession, requests: int) -> dict[str, float]:
     """`requests` non-streamed requests from CLIENTS clients at once: req/s and CPU each."""
     left = requests
@@ -99,7 +119,7 @@ async def load(proxy: Proxy, session: aiohttp.ClientSession, requests: int) -> d
         nonlocal left
         while left > 0:
             left -= 1
-            await proxy.target.ask(session, stream=False, max_tokens=8)
+            await ask(proxy, session, stream=False, max_tokens=8)
 
     cpu0 = cpu_seconds(proxy.proc) if proxy.proc else 0.0
     t0 = time.perf_counter()
@@ -113,10 +133,10 @@ async def stream_cpu(
     proxy: Proxy, session: aiohttp.ClientSession, streams: int, tokens: int
 ) -> float:
     assert proxy.proc is not None
-    await proxy.target.ask(session, stream=True, max_tokens=tokens)
+    await ask(proxy, session, stream=True, max_tokens=tokens)
     cpu0, chunks = cpu_seconds(proxy.proc), 0
     for _ in range(streams):
-        chunks += (await proxy.target.ask(session, stream=True, max_tokens=tokens)).chunks
+        chunks += (await ask(proxy, session, stream=True, max_tokens=tokens)).chunks
     return (cpu_seconds(proxy.proc) - cpu0) / chunks * 1e6
 
 
@@ -127,7 +147,7 @@ async def latencies(
     for i in range(rounds + 20):
         order = proxies[i % len(proxies) :] + proxies[: i % len(proxies)]
         for p in order:
-            s = await p.target.ask(session, stream=False, max_tokens=8)
+            s = await ask(p, session, stream=False, max_tokens=8)
             if i >= 20:
                 out[p.name].append(s.total * 1000)
     return out
@@ -139,9 +159,10 @@ def rotate(items: list[Proxy], i: int) -> list[Proxy]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="dx-vs-caddy-"))
-    # As many slots as clients on the fake engine, so that DX queues no request Caddy would
-    # pass on; llama-server gets 8 (its batch does not grow faster with more).
-    slots = CLIENTS if args.engine == "fake" else 8
+    # By default as many slots as clients on the fake engine, so that DX queues no request
+    # Caddy would pass on (--slots 8: DX holds 24 of the 32 in its fair queue, Caddy none);
+    # llama-server gets 8 (its batch does not grow faster with more).
+    slots = args.slots or (CLIENTS if args.engine == "fake" else 8)
     try:
         async with contextlib.AsyncExitStack() as stack:
             dx = await stack.enter_async_context(
@@ -166,14 +187,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             session = await stack.enter_async_context(client())
             caddy_url = f"http://{LOOPBACK}:{caddy_port}"
             relay_url = f"http://{LOOPBACK}:{relay_port}"
-            await wait_ready(session, caddy_url + "/v1/chat/completions", MODEL_NAME, caddy)
-            await wait_ready(session, relay_url + "/v1/chat/completions", MODEL_NAME, relay)
-            direct = Proxy("direct", Target("direct", "engine", engine, "openai"), None)
+            key = dx.engine_headers[MODEL_NAME]
+            for url, proc in ((caddy_url, caddy), (relay_url, relay)):
+                await wait_ready(session, url + "/v1/chat/completions", MODEL_NAME, proc, key)
+            key = dx.engine_headers[MODEL_NAME]  # the engine's own key, passed through
+            direct = Proxy("direct", Target("direct", "engine", engine, "openai", key), None)
             proxies = [
-                Proxy("caddy", Target("caddy", "Caddy", caddy_url, "openai"),
+                Proxy("caddy", Target("caddy", "Caddy", caddy_url, "openai", key),
                       psutil.Process(caddy.pid)),
-                Proxy("aiohttp", Target("aiohttp", "bare aiohttp relay", relay_url, "openai"),
-                      psutil.Process(relay.pid)),
+                Proxy("aiohttp", Target("aiohttp", "bare aiohttp relay", relay_url, "openai",
+                                        key), psutil.Process(relay.pid)),
             ]  # fmt: skip
             for name, d in {"dx": dx, **others}.items():
                 auth = {"Authorization": f"Bearer {d.key}"}
@@ -212,7 +235,7 @@ async def measure(
             f"{p.name} {runs[p.name]['cpu_us'][-1]:.0f} µs/req {runs[p.name]['rps'][-1]:.0f} req/s"
             for p in proxies))  # fmt: skip
     rss_end = {p.name: p.proc.memory_info().rss for p in proxies if p.proc}
-    return {"runs": runs, "rss_idle": rss_idle, "rss_end": rss_end, "args": vars(args) | {
+    return {"retried": RETRIED,"runs": runs, "rss_idle": rss_idle, "rss_end": rss_end, "args": vars(args) | {
         "dx": str(args.dx)}}  # fmt: skip
 
 
@@ -258,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=["fake", "real"], default="fake")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--slots", type=int, help="the model's slots in DX (parallel)")
     parser.add_argument("--requests", type=int, default=2000, help="per 32-client run")
     parser.add_argument("--sequential", type=int, default=200, help="latency requests per round")
     parser.add_argument("--streams", type=int, default=10)
@@ -278,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, aiohttp.ClientError, subprocess.SubprocessError) as exc:
         print(f"vs_caddy: {exc}", file=sys.stderr)
         return 1
+    if RETRIED:
+        print(f"asked again after a closed connection: {RETRIED}")
     print(render(result, "best"))
     print(render(result, "median"))
     if args.json:
