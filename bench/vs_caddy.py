@@ -235,8 +235,8 @@ async def measure(
             f"{p.name} {runs[p.name]['cpu_us'][-1]:.0f} µs/req {runs[p.name]['rps'][-1]:.0f} req/s"
             for p in proxies))  # fmt: skip
     rss_end = {p.name: p.proc.memory_info().rss for p in proxies if p.proc}
-    return {"retried": RETRIED,"runs": runs, "rss_idle": rss_idle, "rss_end": rss_end, "args": vars(args) | {
-        "dx": str(args.dx)}}  # fmt: skip
+    return {"retried": RETRIED, "runs": runs, "rss_idle": rss_idle, "rss_end": rss_end,
+            "args": vars(args)}  # fmt: skip
 
 
 def render(result: dict[str, Any], stat: str) -> str:
