@@ -25,19 +25,20 @@ def log_file_name(replica_id: str) -> str:
 
 class LogFiles:
     """Appends engine lines to `folder/<replica>.log`, rotated at MAX_BYTES, keeping BACKUPS
-    old files. `write` only queues; a daemon thread does the file I/O."""
+    old files. `write` only queues; a daemon thread does the file I/O, writing whatever is
+    queued by then for a replica at once (one write and flush per batch, not per line)."""
 
     def __init__(self, folder: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS):
         self.folder = folder
         self._max_bytes = max_bytes
         self._backups = backups
-        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, tuple[str, ...]] | None] = queue.SimpleQueue()
         self._handlers: dict[str, logging.Handler] = {}
         self._thread = threading.Thread(target=self._drain, name="dx engine logs", daemon=True)
         self._thread.start()
 
-    def write(self, replica_id: str, line: str) -> None:
-        self._queue.put((replica_id, line))
+    def write(self, replica_id: str, lines: tuple[str, ...]) -> None:
+        self._queue.put((replica_id, lines))
 
     def close(self) -> None:
         """Write what is queued, close the files (blocking: call it off the event loop)."""
@@ -45,11 +46,23 @@ class LogFiles:
         self._thread.join(timeout=5)
 
     def _drain(self) -> None:
-        while (item := self._queue.get()) is not None:
-            replica_id, line = item
-            # A full or read-only disk must not stop the engines; the ring buffer has it all.
-            with contextlib.suppress(OSError):
-                self._handler(replica_id).emit(logging.makeLogRecord({"msg": line}))
+        done = False
+        while not done:
+            batch: dict[str, list[str]] = {}
+            item = self._queue.get()
+            while item is not None:
+                replica_id, lines = item
+                batch.setdefault(replica_id, []).extend(lines)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            done = item is None
+            for replica_id, queued in batch.items():
+                # A full or read-only disk must not stop the engines; the ring buffer has it.
+                with contextlib.suppress(OSError):
+                    record = logging.makeLogRecord({"msg": "\n".join(queued)})
+                    self._handler(replica_id).emit(record)
         for handler in self._handlers.values():
             handler.close()
 

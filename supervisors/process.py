@@ -50,7 +50,7 @@ log = logging.getLogger("dx.engine")
 
 MAX_FAILURES = 5  # in FAILURE_WINDOW seconds, then give up until the config changes
 FAILURE_WINDOW = 600.0
-BACKOFF_FIRST = 1.0  # seconds before the first restart, doubling after each failure
+BACKOFF_FIRST = 1.0  # seconds before a restart, doubling after each failure (see _count_failure)
 BACKOFF_MAX = 60.0
 # While ready: a probe every LIVENESS_INTERVAL s, given LIVENESS_TIMEOUT s to answer.
 LIVENESS_INTERVAL = 0.5
@@ -234,15 +234,17 @@ class Replica(SleepMode):
         """How the engine process of `generation` (read when the request was sent) ended:
         "hung" or "exited" (DX restarts it), "stopped" (DX stopped it: a reload, a removal,
         shutdown); "" when it still serves. The front asks when an engine connection broke,
-        which it can see a moment before the process's exit is noticed here: a process that
-        is dead or dying is waited for, at most `within` seconds."""
+        which it sees before the process's exit is noticed here: a dying process closes its
+        sockets before the kernel reports it dead (and a big one takes a while to unmap its
+        memory first), so this waits at most `within` seconds for the process to be seen
+        gone; one still alive after that serves on."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while self.generation == generation and self.state in (
             EngineState.READY,
             EngineState.DRAINING,
         ):
-            if not self._dying() or loop.time() >= deadline:
+            if loop.time() >= deadline:
                 return ""
             await asyncio.sleep(0.02)
         if generation in self._fates:
@@ -250,15 +252,6 @@ class Replica(SleepMode):
         if self._stopping or self.state in (EngineState.STOPPING, EngineState.STOPPED):
             return "stopped"
         return "exited"
-
-    def _dying(self) -> bool:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return True
-        try:
-            return psutil.Process(proc.pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-        except psutil.Error:
-            return True
 
     def failure(self, lines: int) -> tuple[str, list[str]]:
         """Why the replica is down: the headline of `error`, and the engine's last `lines`
@@ -408,7 +401,10 @@ class Replica(SleepMode):
         if failures >= MAX_FAILURES:
             self.gave_up = True
             return 0.0
-        delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        if failures == 1 and self.ended:
+            delay = 0.0  # it served, then failed once: its clients wait for it, restart now
+        else:
+            delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
         self.restart_at = now + delay
         return delay
 
