@@ -120,3 +120,48 @@ async def stream(
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{time.time_ns():x}"
+
+
+def fit_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as every chat template takes them: one system prompt, first (system and
+    developer messages later on are appended to it: Claude Code and Codex send them
+    mid-conversation, and Qwen's or Gemma's templates refuse a system message there), and
+    adjacent user (or assistant) messages as one, as Anthropic's API does (Gemma's and
+    Mistral's templates insist that user and assistant alternate)."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    out: list[dict[str, Any]] = []
+    if system:
+        texts = [c if isinstance(c, str) else _parts_text(c) for c in system]
+        out.append({"role": "system", "content": "\n\n".join(t for t in texts if t)})
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and prev["role"] == m["role"]
+            and m["role"] in ("user", "assistant")
+            and "tool_calls" not in prev
+        ):
+            merged = dict(prev)
+            a, b = prev["content"], m["content"]
+            if isinstance(a, str) and isinstance(b, str):
+                merged["content"] = f"{a}\n\n{b}" if a and b else a or b
+            else:
+                merged["content"] = _as_parts(a) + _as_parts(b)
+            if "tool_calls" in m:
+                merged["tool_calls"] = m["tool_calls"]
+            out[-1] = merged
+        else:
+            out.append(m)
+    return out
+
+
+def _parts_text(content: list[dict[str, Any]]) -> str:
+    return "\n".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+
+
+def _as_parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, list):
+        return content
+    return [{"type": "text", "text": content}] if content else []

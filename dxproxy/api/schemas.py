@@ -267,17 +267,15 @@ def _invalid(message: str) -> ApiError:
 
 
 class AnthropicMessage(msgspec.Struct):
-    role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
-
-
-class AnthropicTool(msgspec.Struct):
-    name: str
-    description: str | None = None
-    input_schema: dict[str, Any] | None = None
+    role: str  # user, assistant; and system, which Claude Code sends inside `messages`
+    content: str | list[dict[str, Any]] | None = None
 
 
 class AnthropicRequest(msgspec.Struct):
+    """Anthropic's Messages body. Tools stay dicts: client tools (a name and an input_schema),
+    Anthropic's own server tools (a `type` such as web_search_20250305) and whatever comes
+    next are sorted out by the handler, which maps or drops them (never a 400)."""
+
     model: str = ""
     max_tokens: Int | None = None
     messages: list[AnthropicMessage] = []
@@ -287,9 +285,11 @@ class AnthropicRequest(msgspec.Struct):
     top_p: float | None = None
     top_k: Int | None = None
     stop_sequences: list[str] | None = None
-    tools: list[AnthropicTool] | None = None
+    tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -306,3 +306,6 @@ class ResponsesRequest(msgspec.Struct):
     reasoning: dict[str, Any] | None = None
     previous_response_id: str | None = None
     store: bool | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, Any] | None = None
+    include: list[str] | None = None

@@ -1,0 +1,139 @@
+"""The coding agents people point at DX, unchanged: Claude Code (`claude -p`, Anthropic
+Messages) and Codex CLI (`codex exec`, OpenAI Responses), the pinned npm releases that
+scripts/setup installs into tests/js, against `dx serve` with real llama-server. Also the
+Python SDKs on what the agents rely on: stored responses, count_tokens.
+
+The model is the embedded default's SmolLM2-135M-Instruct with its trained context (8192):
+the agents' system prompts are about 4,100 tokens once the tools are dropped (its template
+has no tool syntax). Gemma 3 270M, tried first, is the pretrained model without a chat
+template: it never ends a turn. Greedy (`--temp 0`), because the agents send no temperature
+and at 1.0 the tiny model rambles to the output limit, which Claude Code reports as an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import ROOT, DxProcess, smollm2_path, start_dx
+
+pytestmark = pytest.mark.integration
+
+BIN = ROOT / "tests" / "js" / "node_modules" / ".bin"
+PROMPT = "Reply with the single word: hello"
+AGENT_TIMEOUT = 300  # seconds; measured 45 s (claude) and 71 s (codex) on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def dx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DxProcess]:
+    model = {"engine": "llamacpp", "model": str(smollm2_path()), "context": 8192,
+             "args": ["--temp", "0"]}  # fmt: skip
+    proc = start_dx(tmp_path_factory.mktemp("agents"), {"smollm2": model}, wait=120)
+    yield proc
+    proc.stop()
+
+
+def agent(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run scripts/setup (npm ci --prefix tests/js)")
+    return str(path)
+
+
+def access(dx: DxProcess, path: str) -> list[dict[str, object]]:
+    """DX's access-log entries for `path` so far."""
+    out = []
+    for line in dx.lines:
+        if line.startswith("{") and '"dx.access"' in line:
+            entry = json.loads(line)
+            if entry.get("path") == path:
+                out.append(entry)
+    return out
+
+
+def run(argv: list[str], home: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    home.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM")}
+    return subprocess.run(
+        argv, cwd=home, capture_output=True, text=True, timeout=AGENT_TIMEOUT,
+        env={**base, "HOME": str(home), "DISABLE_TELEMETRY": "1", **env},
+    )  # fmt: skip
+
+
+def test_claude_code(dx: DxProcess, tmp_path: Path) -> None:
+    done = run(
+        [agent("claude"), "-p", PROMPT, "--model", "smollm2"],
+        tmp_path / "home",
+        {
+            "ANTHROPIC_BASE_URL": dx.url,
+            "ANTHROPIC_API_KEY": dx.key,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "400",
+        },
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip()  # the model's text
+    calls = access(dx, "/v1/messages")
+    assert calls and all(c["status"] == 200 for c in calls), calls
+    # What it sent and DX dropped is in the log, once.
+    assert any("defer_loading: dropped" in line for line in dx.lines)
+
+
+def test_codex(dx: DxProcess, tmp_path: Path) -> None:
+    provider = (f'model_providers.dx={{name="dx", base_url="{dx.url}/v1", env_key="DX_KEY", '
+                'wire_api="responses"}')  # fmt: skip
+    done = run(
+        [agent("codex"), "exec", "--skip-git-repo-check", "-c", "model_provider=dx",
+         "-c", provider, "-m", "smollm2", PROMPT],
+        tmp_path / "home",
+        {"DX_KEY": dx.key},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip()
+    calls = access(dx, "/v1/responses")
+    assert calls and all(c["status"] == 200 for c in calls), calls
+    assert any("tool type 'web_search'" in line for line in dx.lines)
+
+
+def test_stored_responses(dx: DxProcess) -> None:
+    o = openai.OpenAI(base_url=dx.url + "/v1", api_key=dx.key, max_retries=0, timeout=120)
+    first = o.responses.create(model="smollm2", input="My name is Ada.", max_output_tokens=16,
+                               instructions="Be brief.")  # fmt: skip
+    assert o.responses.retrieve(first.id).output_text == first.output_text
+    follow = o.responses.create(model="smollm2", input="What is my name?",
+                                previous_response_id=first.id, max_output_tokens=16)  # fmt: skip
+    # The follow-up carried the first turn: its prompt is the longer by at least that turn.
+    assert follow.usage and first.usage
+    assert follow.usage.input_tokens > first.usage.input_tokens + 5
+    items = o.responses.input_items.list(follow.id, order="asc")
+    texts = [json.dumps(i.model_dump()) for i in items.data]
+    assert "My name is Ada." in texts[0] and "What is my name?" in texts[-1]
+    streamed = list(o.responses.create(model="smollm2", input="And again?", stream=True,
+                                       previous_response_id=follow.id,
+                                       max_output_tokens=8))  # fmt: skip
+    last = streamed[-1].response  # type: ignore[union-attr]
+    assert o.responses.retrieve(last.id).id == last.id
+    o.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        o.responses.retrieve(first.id)
+    unstored = o.responses.create(model="smollm2", input="hi", store=False, max_output_tokens=4)
+    with pytest.raises(openai.BadRequestError):
+        o.responses.create(model="smollm2", input="hi", previous_response_id=unstored.id)
+
+
+def test_count_tokens(dx: DxProcess) -> None:
+    claude = anthropic.Anthropic(base_url=dx.url, api_key=dx.key, max_retries=0, timeout=120)
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    counted = claude.messages.count_tokens(model="smollm2", messages=ask,  # type: ignore[arg-type]
+                                           system="Be brief.")  # fmt: skip
+    reply = claude.messages.create(model="smollm2", max_tokens=4, messages=ask,  # type: ignore[arg-type]
+                                   system="Be brief.")  # fmt: skip
+    # The engine's own template and tokenizer: the count is the prompt the engine evaluated.
+    assert abs(counted.input_tokens - reply.usage.input_tokens) <= 1
