@@ -322,9 +322,7 @@ class Dx:
         # In a folder of its own: DX watches the config's folder, and dx.log changes all the time.
         config = self.workdir / "config" / "dx.yaml"
         config.parent.mkdir()
-        config.write_text(
-            config_text(self.kind, self.port, state_dir, self.parallel), encoding="utf-8"
-        )
+        config.write_text(self.config(state_dir), encoding="utf-8")
         with self._log.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 str(self.dx),
@@ -345,6 +343,10 @@ class Dx:
         self.key = (state_dir / "api-key").read_text(encoding="utf-8").strip()
         self.engines = self.process.children(recursive=True)
         self.engine_ports = await self._find_engines()
+
+    def config(self, state_dir: Path) -> str:
+        """The config dx serves (a subclass may serve other models)."""
+        return config_text(self.kind, self.port, state_dir, self.parallel)
 
     async def _wait_ready(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -9,11 +9,13 @@ list). The layer knows nothing of HTTP clients or of the front's config.
 - `process`: `Replica`, one engine process and its state machine
 - `states`: `EngineState` and the transition table
 - `adapters`: per engine kind, the command line, probes and capacity
-- `gpus`: the one NVML reader; `placement`: which GPUs each replica gets
+- `gpus`: the one NVML reader; `placement`: which GPUs each replica gets; `cpus`: which
+  cores and how many threads each CPU replica gets, one plan across models
 - `logs`: per-engine log files; `reaper`: kills engines' process groups if DX dies
 """
 
 from supervisors.adapters import ADAPTERS, find_llama_server
+from supervisors.cpus import CpuShare, parse_cpu_list
 from supervisors.gpus import Gpu, Inventory, read_gpus
 from supervisors.logs import log_file_name
 from supervisors.placement import PlacementError, place
@@ -26,6 +28,7 @@ __all__ = [
     "ADAPTERS",
     "ASLEEP",
     "TAIL_LINES",
+    "CpuShare",
     "EngineKind",
     "EngineSpec",
     "EngineState",
@@ -38,6 +41,7 @@ __all__ = [
     "device_label",
     "find_llama_server",
     "log_file_name",
+    "parse_cpu_list",
     "place",
     "read_gpus",
 ]

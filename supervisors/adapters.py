@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from supervisors.cpus import CpuShare, cpu_list
 from supervisors.spec import EngineKind, EngineSpec
 
 LOOPBACK = "127.0.0.1"
@@ -39,6 +40,12 @@ class Launch:
     port: int
     api_key: str  # the engine's own key: only DX can call it, even on loopback
     gpus: tuple[int, ...]  # () = CPU
+    # A CPU replica's share of the machine (supervisors/cpus.py); None: no plan (tests, or
+    # GPU replicas): the model's replicas share the usable cores.
+    cpu: CpuShare | None = None
+
+    def threads(self, spec: EngineSpec) -> int:
+        return self.cpu.threads if self.cpu is not None else cpu_threads(spec)
 
 
 class EngineAdapter:
@@ -163,7 +170,9 @@ class LlamaServer(EngineAdapter):
         flash, cache = self.attention(launch)
         argv += ["--flash-attn", flash, "--cache-type-k", cache, "--cache-type-v", cache]
         if not launch.gpus:
-            argv += ["--threads", str(cpu_threads(spec))]
+            # Prompt processing too (--threads-batch would otherwise take every core).
+            threads = str(launch.threads(spec))
+            argv += ["--threads", threads, "--threads-batch", threads]
         if spec.embeddings:
             argv += ["--embeddings"]
         return argv
@@ -177,7 +186,9 @@ class LlamaServer(EngineAdapter):
             "gpu_layers": "all" if launch.gpus else "0",
         }
         if not launch.gpus:
-            out["threads"] = str(cpu_threads(spec))
+            out["threads"] = str(launch.threads(spec))
+            if launch.cpu is not None:
+                out["cpus"] = cpu_list(launch.cpu.cpus)
         return out
 
 
@@ -193,7 +204,10 @@ class LlamaCppPython(EngineAdapter):
     live_path = "/openapi.json"
 
     def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
-        threads = cpu_threads(spec)
+        threads = launch.threads(spec)
+        # One replica alone on the machine keeps llama-cpp-python's own choice (half the
+        # cores to generate, measured faster here than all of them); shared, it gets its share.
+        shared = spec.replicas > 1 or (launch.cpu is not None and threads < usable_cores())
         return [
             spec.program or sys.executable,
             "-m", "llama_cpp.server",
@@ -207,10 +221,8 @@ class LlamaCppPython(EngineAdapter):
             # stream short. DX queues instead, so the engine must never interrupt.
             "--interrupt_requests", "false",
             *(["--embedding", "true"] if spec.embeddings else []),
-            # One replica keeps llama-cpp-python's own choice (half the cores to generate,
-            # measured faster here than all of them); several share the cores out.
             *(["--n_threads", str(threads), "--n_threads_batch", str(threads)]
-              if spec.replicas > 1 and not launch.gpus else []),
+              if shared and not launch.gpus else []),
         ]  # fmt: skip
 
     def cancels_only_streams(self, spec: EngineSpec) -> bool:
@@ -256,6 +268,9 @@ class Vllm(EngineAdapter):
         env = {"HF_HUB_OFFLINE": "1"} if os.path.isdir(spec.model) else {}
         path = os.environ.get("PYTHONPATH")
         env["PYTHONPATH"] = str(VLLM_PLUGINS) + (os.pathsep + path if path else "")
+        if launch.cpu is not None and not launch.gpus:
+            # vLLM's CPU build binds one OpenMP thread per listed CPU.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_list(launch.cpu.cpus[: launch.cpu.threads])
         if spec.sleep_mode:
             # /sleep and /wake_up are dev-mode endpoints; they stay on loopback behind the
             # engine's own key (dx_key_guard: vLLM's --api-key alone leaves them open).

@@ -41,6 +41,7 @@ import aiohttp
 import psutil
 
 from supervisors.adapters import LOOPBACK, EngineAdapter, EngineNotFound, Launch
+from supervisors.cpus import CpuShare, set_affinity
 from supervisors.logs import LogFiles
 from supervisors.sleep import SleepMode
 from supervisors.spec import EngineSpec, device_label
@@ -131,6 +132,8 @@ class Replica(SleepMode):
         self.index = index
         self.adapter = adapter
         self.gpus = gpus  # () = CPU
+        # Its cores and threads when it runs on the CPU (the supervisor's plan, cpus.py).
+        self.cpu: CpuShare | None = None
         self.id = f"{spec.name}#{index}"
         self.capacity = adapter.parallel(spec)
         self.in_flight = 0  # maintained by the router
@@ -189,11 +192,20 @@ class Replica(SleepMode):
 
     def settings(self) -> dict[str, str]:
         """The engine's settings worth showing (banner, /api/ps)."""
-        return self.adapter.settings(self.spec, Launch(self.port, "", self.gpus))
+        return self.adapter.settings(self.spec, Launch(self.port, "", self.gpus, self.cpu))
 
     def output(self, lines: int = RING_LINES) -> list[str]:
         """The engine's last `lines` output lines, across restarts."""
         return list(self._ring)[-lines:] if lines > 0 else []
+
+    def set_cpu(self, share: CpuShare | None) -> None:
+        """A new share of the CPU: the cores apply now to a running engine (every thread),
+        the thread count at its next start."""
+        if share == self.cpu:
+            return
+        self.cpu = share
+        if share is not None and self._proc is not None and self._proc.returncode is None:
+            set_affinity(self._proc.pid, share.cpus)
 
     @property
     def may_become_ready(self) -> bool:
@@ -432,7 +444,7 @@ class Replica(SleepMode):
             "Authorization": f"Bearer {self.api_key}",
             "Content-Type": "application/json",
         }
-        launch = Launch(self.port, self.api_key, self.gpus)
+        launch = Launch(self.port, self.api_key, self.gpus, self.cpu)
         try:
             argv = self.adapter.argv(self.spec, launch)
         except EngineNotFound as exc:
@@ -455,6 +467,8 @@ class Replica(SleepMode):
         except OSError as exc:
             raise EngineStartError(f"cannot run {argv[0]}: {exc.strerror}") from None
         self.pid = self._proc.pid
+        if self.cpu is not None:  # before its compute threads exist: they inherit it
+            set_affinity(self.pid, self.cpu.cpus)
         if self._groups is not None:
             self._groups.add(self.pid)  # its group id is its pid (a new session)
         self.started_at = time.time()

@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 
 from supervisors.adapters import ADAPTERS
+from supervisors.cpus import cgroup_quota, plan, usable_cpus
 from supervisors.gpus import Inventory, read_gpus
 from supervisors.logs import LogFiles
 from supervisors.placement import PlacementError, place
@@ -90,8 +91,13 @@ class Supervisor:
         log_dir: Path | None = None,
         inventory: Inventory | None = None,
         drain_timeout: float = 60.0,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self._session = session
+        # The cores CPU engines may use (`server.cpus` within DX's own affinity) and the
+        # cgroup's CPU quota: divided among the CPU replicas that run (`_replan`).
+        self._cpus = usable_cpus(cpus)
+        self._quota = cgroup_quota()
         self._grace = grace
         self.drain_timeout = drain_timeout
         self._replicas: dict[str, list[Replica]] = {}  # the groups serving each model
@@ -226,10 +232,22 @@ class Supervisor:
             for i in indexes
         ]
 
+    def _replan(self, incoming: Sequence[Replica] = ()) -> None:
+        """Divide the cores among the CPU replicas that serve, and `incoming` ones about to
+        start (supervisors/cpus.py). Shares go by replica id, so a blue/green replacement
+        starts with the share of the replica it replaces; running engines move at once."""
+        serving = [r for r in self.all_replicas() if not r.gpus]
+        ids = list(dict.fromkeys(r.id for r in (*serving, *incoming) if not r.gpus))
+        shares = plan(ids, self._cpus, self._quota)
+        for replica in (*serving, *self._retiring, *incoming):
+            if not replica.gpus and replica.id in shares:
+                replica.set_cpu(shares[replica.id])
+
     def _start_group(self, spec: EngineSpec, inventory: Inventory) -> None:
         group = self._new_replicas(spec, inventory, range(spec.replicas))
         self._replicas[spec.name] = group
         self._specs[spec.name] = spec
+        self._replan()
         for replica in group:
             replica.start()
 
@@ -250,6 +268,7 @@ class Supervisor:
         if spec.replicas > len(group):
             added = self._new_replicas(spec, inventory, range(len(group), spec.replicas))
             self._replicas[spec.name] = group + added
+            self._replan()
             for replica in added:
                 replica.start()
             log.info("%s: %d replica(s) added", spec.name, len(added))
@@ -258,6 +277,7 @@ class Supervisor:
             self._replicas[spec.name] = group[: spec.replicas]
             log.info("%s: draining %d replica(s)", spec.name, len(gone))
             await self._retire(gone)
+            self._replan()
         return ""
 
     async def _replace(self, spec: EngineSpec, inventory: Inventory) -> str:
@@ -269,6 +289,7 @@ class Supervisor:
             self._start_group(spec, inventory)
             return ""
         new = self._new_replicas(spec, inventory, range(spec.replicas))
+        self._replan(incoming=new)
         self._retiring.update(new)  # not serving yet; stopped with the rest if DX stops
         log.info("%s: starting %d new replica(s) beside the old ones", spec.name, len(new))
         try:
@@ -294,6 +315,7 @@ class Supervisor:
         self._specs[spec.name] = spec
         log.info("%s: the new replicas serve; draining the old ones", spec.name)
         await self._retire(old)
+        self._replan()
         return ""
 
     async def _remove(self, name: str) -> str:
@@ -301,6 +323,7 @@ class Supervisor:
         self._specs.pop(name, None)
         self.placement_notes.pop(name, None)
         await self._retire(group)
+        self._replan()
         return ""
 
     async def _retire(self, group: list[Replica], drain: bool = True) -> None:

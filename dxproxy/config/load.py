@@ -45,6 +45,7 @@ from dxproxy.config.schema import (
     exposure_problems,
 )
 from dxproxy.config.units import parse_duration, parse_size
+from supervisors import parse_cpu_list
 
 _ENGINE_NAMES = {"llama-server": "llamacpp"}
 
@@ -219,6 +220,7 @@ def _server(top: _Reader, base_dir: Path) -> ServerConfig:
             "max_connections_per_client", int, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
         ),
         metrics_open=s.get("metrics_open", bool, False),
+        cpus=_cpus(s),
     )
     for i, net in enumerate(server.trusted_proxies):
         try:
@@ -229,6 +231,21 @@ def _server(top: _Reader, base_dir: Path) -> ServerConfig:
         s.error("port", f"expected a port number from 1 to 65535, got {server.port}")
     s.finish()
     return server
+
+
+def _cpus(s: _Reader) -> tuple[int, ...] | None:
+    """`server.cpus`: the CPUs DX may run engines on, as a list (`[0, 1, 2]`) or the kernel's
+    cpulist (`"0-3,6"`); unset: all that DX itself may use."""
+    s.seen.add("cpus")
+    raw = s.interpolate(s.data.get("cpus"), s.key("cpus"))
+    if raw is None or raw == "":
+        return None
+    text = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+    try:
+        return parse_cpu_list(text)
+    except ValueError as exc:
+        s.error("cpus", f"{exc} (a list like [0, 1] or a string like '0-3,6')")
+        return None
 
 
 def _auth(top: _Reader) -> AuthConfig:

@@ -72,6 +72,9 @@ class ServerConfig:
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
     # GET /metrics without a key (for a Prometheus on a trusted network); else admin keys only.
     metrics_open: bool = False
+    # The CPUs engines may compute on (None: all DX may use), divided among the CPU replicas
+    # (supervisors/cpus.py).
+    cpus: tuple[int, ...] | None = None
 
     @property
     def is_loopback(self) -> bool:

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dxproxy.api import admin, anthropic, health, ollama, openai, responses
+from dxproxy.api.ollama import pull as ollama_pull
 from dxproxy.config import Config
 from dxproxy.http import metrics
 from dxproxy.http.access import Access
@@ -53,6 +54,7 @@ def make_app(
     app[LIVE] = Live(config, catalog)
     app.add_routes(health.routes)  # /health, /ready
     app.add_routes(ollama.routes)
+    ollama_pull.install(app)  # /api/pull of hf.co/... models: the pulls in progress
     app.add_routes(openai.routes)
     app.add_routes(responses.routes)  # OpenAI Responses (Codex), translated
     app.add_routes(anthropic.routes)  # Anthropic Messages (Claude Code), translated
@@ -71,6 +73,7 @@ def make_app(
             upstream.session,
             grace=config.server.shutdown_timeout,
             log_dir=config.server.state_dir / "logs",  # per-engine files, for `dx logs`
+            cpus=config.server.cpus,  # divided among the CPU replicas (a restart applies it)
         )
         live = app[LIVE]
         router = Router(supervisor, config.limits)

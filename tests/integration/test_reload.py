@@ -23,12 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 def smollm2(**extra: object) -> dict[str, object]:
-    # Up to two models compute at once here, on 2 cores. llama.cpp gives each process every
-    # core by default, and two busy processes then thrash (0.3 tokens/s measured, so a request
-    # outlived its 60 s drain); one thread each keeps these tests about reloads.
-    args = ["--threads", "1", *extra.pop("args", [])]  # type: ignore[misc]
+    # Up to two models compute at once here, on 2 cores: DX's CPU plan gives each its own
+    # core and thread (supervisors/cpus.py; they used to thrash at 0.3 tokens/s).
     return {"engine": "llamacpp", "model": str(smollm2_path()), "context": 1024, "parallel": 4,
-            "args": args, **extra}
+            **extra}
 
 
 class Load:

@@ -12,6 +12,7 @@ import supervisors
 PUBLIC = {
     "ADAPTERS",
     "ASLEEP",
+    "CpuShare",
     "TAIL_LINES",
     "EngineKind",
     "EngineSpec",
@@ -25,6 +26,7 @@ PUBLIC = {
     "device_label",
     "find_llama_server",
     "log_file_name",
+    "parse_cpu_list",
     "place",
     "read_gpus",
 }
