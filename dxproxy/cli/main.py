@@ -14,6 +14,7 @@ from dxproxy.cli.import_ollama import import_ollama
 from dxproxy.cli.keys import keys
 from dxproxy.cli.logs import logs
 from dxproxy.cli.options import config_option, load
+from dxproxy.cli.pull import pull, rm
 from dxproxy.config import (
     ConfigError,
 )
@@ -36,6 +37,7 @@ def cli() -> None:
       dx serve                     serve the embedded default model on 127.0.0.1:11434
       dx serve --config dx.yaml    serve the models of your config
       dx config check dx.yaml      validate a config without starting anything
+      dx pull hf:ORG/REPO          a GGUF from Hugging Face, added to the config
     """
 
 
@@ -113,3 +115,5 @@ cli.add_command(import_ollama)
 cli.add_command(logs)  # dx logs MODEL [--follow]
 cli.add_command(cli_ps.ps)  # dx ps [--watch]
 cli.add_command(cli_ps.models)  # dx models
+cli.add_command(pull)  # dx pull hf:ORG/REPO[:QUANT]
+cli.add_command(rm)  # dx rm NAME (a pulled model)

@@ -69,14 +69,28 @@ def estimate(model: ModelConfig, on_gpu: bool) -> Estimate | str:
         meta = read_metadata(str(path))
     except (OSError, GGUFError, ValueError) as exc:
         return f"cannot read the GGUF header: {exc}"
-    kv_type = _kv_type(model, on_gpu)
+    return estimate_gguf(model, weights, meta, on_gpu)
+
+
+def estimate_gguf(model: ModelConfig, weights: int, meta: dict[str, Any], on_gpu: bool) -> Estimate:
+    """`estimate` for a llama.cpp model of `weights` bytes whose GGUF header is `meta`, with
+    the model's KV cache type, slots and context (the file need not exist yet)."""
+    _, slots = _kv_tokens(model)
+    return gguf_estimate(weights, meta, _kv_type(model, on_gpu), model.context, slots, on_gpu)
+
+
+def gguf_estimate(
+    weights: int, meta: dict[str, Any], kv_type: str, context: int, slots: int, on_gpu: bool
+) -> Estimate:
+    """The llama.cpp estimate from a GGUF's size and header alone (no config, no file): also
+    what `dx pull` weighs each quant of a Hugging Face repo with before downloading it."""
     per_token = _kv_bytes_per_token(meta) * KV_BYTES.get(kv_type, 2.0)
-    tokens, slots = _kv_tokens(model)
+    tokens = slots * context
     kv = int(per_token * tokens)
     overhead = int(weights * OVERHEAD_FRACTION) + OVERHEAD_FIXED
     how = (
         f"weights {gib(weights)} + KV cache {gib(kv)} ({kv_type}, {tokens} tokens = "
-        f"{slots} slot(s) x {model.context}) + buffers {gib(overhead)}"
+        f"{slots} slot(s) x {context}) + buffers {gib(overhead)}"
     )
     # On the CPU llama.cpp maps the file: replicas share the weights' pages.
     if on_gpu:

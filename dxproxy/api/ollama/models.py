@@ -12,11 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dxproxy.api.ollama import pull as hub_pull
 from dxproxy.api.ollama.reply import NDJSON
 from dxproxy.api.request import resolve_model
 from dxproxy.api.schemas import CopyRequest, ModelRequest, decode
 from dxproxy.http.errors import ApiError, json_response
 from dxproxy.http.state import LIVE, LOADER, SUPERVISOR
+from dxproxy.models import hub
 from dxproxy.models.catalog import ModelInfo
 from supervisors import EngineState
 
@@ -114,6 +116,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     req = decode(await request.read(), ModelRequest)
     if not req.which:
         raise ApiError(400, "model is required")
+    if hub.is_hub_ref(req.which):  # hf.co/ORG/REPO[:QUANT]: downloaded (dxproxy/api/ollama/pull.py)
+        return await hub_pull.pull(request, req)
     model = request.app[LIVE].config.model(req.which)
     if model is None:
         base = req.which.rsplit("/", 1)[-1].split(":")[0].lower() or "mymodel"
@@ -166,7 +170,9 @@ async def copy(request: web.Request) -> web.Response:
 
 @routes.delete("/api/delete")
 async def delete(request: web.Request) -> web.Response:
-    decode(await request.read(), ModelRequest)
+    req = decode(await request.read(), ModelRequest)
+    if hub_pull.is_pulled(request, req.which):  # a model /api/pull or dx pull added
+        return await hub_pull.delete(request, req.which)
     raise _refuse(
         "delete models", "remove the model from `models:` in the DX config, then reload DX"
     )
