@@ -15,7 +15,8 @@ list). The layer knows nothing of HTTP clients or of the front's config.
 """
 
 from supervisors.adapters import ADAPTERS, find_llama_server
-from supervisors.cpus import CpuShare, parse_cpu_list
+from supervisors.cpus import CpuShare, cgroup_quota, parse_cpu_list, usable_cpus
+from supervisors.cpus import plan as plan_cpus
 from supervisors.gpus import Gpu, Inventory, read_gpus
 from supervisors.logs import log_file_name
 from supervisors.placement import PlacementError, place
@@ -38,10 +39,13 @@ __all__ = [
     "Replica",
     "StateChange",
     "Supervisor",
+    "cgroup_quota",
     "device_label",
     "find_llama_server",
     "log_file_name",
     "parse_cpu_list",
     "place",
+    "plan_cpus",
     "read_gpus",
+    "usable_cpus",
 ]

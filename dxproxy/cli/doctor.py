@@ -33,7 +33,17 @@ from dxproxy.config import Config, ConfigError, ModelConfig, load_config_file, l
 from dxproxy.models import ollama_store
 from dxproxy.models.memory import VLLM_GPU_SHARE, estimate
 from dxproxy.models.memory import gib as _gib
-from supervisors import Gpu, Inventory, PlacementError, find_llama_server, place, read_gpus
+from supervisors import (
+    Gpu,
+    Inventory,
+    PlacementError,
+    cgroup_quota,
+    find_llama_server,
+    place,
+    plan_cpus,
+    read_gpus,
+    usable_cpus,
+)
 
 Status = Literal["ok", "info", "warn", "error"]
 
@@ -570,6 +580,45 @@ def _check_config_secrets(report: Report, config: Config) -> None:
         )
 
 
+def check_cpu_plan(report: Report, config: Config, machine: Machine) -> None:
+    """How DX will divide the cores among the CPU models (supervisors/cpus.py), counting
+    every model as loaded; a warning when threads pinned by hand in `args` oversubscribe."""
+    on_cpu = [m for m in config.models if not (machine.inventory.gpus and (m.gpus or m.gpu_auto))]
+    if not on_cpu:
+        return
+    cpus, quota = usable_cpus(config.server.cpus), cgroup_quota()
+    shares = plan_cpus([f"{m.name}#{i}" for m in on_cpu for i in range(m.replicas)], cpus, quota)
+    total, pinned = 0, []
+    for m in on_cpu:
+        by_hand = _pinned_threads(m.args)
+        if by_hand is not None:
+            pinned.append(m.name)
+        total += sum(by_hand or shares[f"{m.name}#{i}"].threads for i in range(m.replicas))
+    cores = len(cpus) if quota is None else min(len(cpus), max(1, int(quota)))
+    plan = "; ".join(f"{rid} {share.label}" for rid, share in shares.items())
+    if total > cores:
+        report.add(
+            "models",
+            "cpu plan",
+            "warn",
+            f"the CPU models compute with {total} threads on {cores} core(s) when all are "
+            f"loaded ({', '.join(pinned)} set --threads by hand): busy together they will "
+            "thrash; remove --threads from their args and DX divides the cores",
+            threads=total,
+            cores=cores,
+        )
+    else:
+        report.add("models", "cpu plan", "ok", f"{cores} core(s): {plan}", threads=total)
+
+
+def _pinned_threads(args: tuple[str, ...]) -> int | None:
+    for flag in ("--threads", "-t", "--n_threads"):
+        if flag in args[:-1]:
+            value = args[args.index(flag) + 1]
+            return int(value) if value.isdigit() else None
+    return None
+
+
 # -- putting it together ----------------------------------------------------------------
 
 
@@ -592,6 +641,7 @@ def diagnose(config_path: str | None, host: str | None, port: int | None) -> tup
         report.add("models", "models", "info", "not checked: fix the config errors above first")
         return report, source
     check_models(report, config, machine)
+    check_cpu_plan(report, config, machine)
     check_port(report, config)
     check_state_dir(report, config)
     check_security(report, config)

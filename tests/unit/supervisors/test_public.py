@@ -29,6 +29,9 @@ PUBLIC = {
     "parse_cpu_list",
     "place",
     "read_gpus",
+    "cgroup_quota",
+    "plan_cpus",
+    "usable_cpus",
 }
 
 
