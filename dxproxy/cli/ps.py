@@ -112,6 +112,15 @@ def expiry(at: float | None, loaded: bool) -> str:
     return f"in {left // 60}m{left % 60:02d}s"
 
 
+def device(replica: dict[str, Any], model: dict[str, Any]) -> str:
+    """`gpu 0,1`, or a CPU replica's cores and threads from DX's CPU plan: `cpu 0-1 (2 thr)`."""
+    name = str(replica.get("device", model.get("device", "-")))
+    settings = replica.get("settings") or {}
+    if "cpus" in settings:
+        name += f" {settings['cpus']} ({settings.get('threads', '?')} thr)"
+    return name
+
+
 def ps_lines(models: list[dict[str, Any]]) -> list[str]:
     rows = [["MODEL", "REPLICA", "STATE", "ENGINE", "DEVICE", "MEMORY", "REQUESTS", "WAITING",
              "RESTARTS", "EXPIRES"]]  # fmt: skip
@@ -126,7 +135,7 @@ def ps_lines(models: list[dict[str, Any]]) -> list[str]:
                     str(r.get("id", "-")),
                     state,
                     m["engine"],
-                    str(r.get("device", m.get("device", "-"))),
+                    device(r, m),
                     rss(r.get("pid")),
                     f"{r.get('in_flight', 0)}/{r.get('capacity', 0)}",
                     str(m.get("waiting", 0)),

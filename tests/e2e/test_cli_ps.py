@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -22,11 +23,14 @@ def test_ps_and_models(tmp_path: Path) -> None:
         header, *rows = ps.stdout.splitlines()
         assert header.split()[:4] == ["MODEL", "REPLICA", "STATE", "ENGINE"]
         assert len(rows) == 2
+        cores = sorted(os.sched_getaffinity(0))
         for i, row in enumerate(rows):
             cols = row.split()
             assert cols[:5] == ["fake:latest", f"fake#{i}", "ready", "llama-server", "cpu"]
-            assert cols[5] != "-" and cols[6] == "MiB"  # the engine's RSS, read with psutil
-            assert cols[7:] == ["0/1", "0", "0", "never"]  # loaded at start: no expiry
+            # Its share of the CPU (supervisors/cpus.py): two replicas, half the cores each.
+            assert cols[6:8] == [f"({max(1, len(cores) // 2)}", "thr)"], cols
+            assert cols[8] != "-" and cols[9] == "MiB"  # the engine's RSS, read with psutil
+            assert cols[10:] == ["0/1", "0", "0", "never"]  # loaded at start: no expiry
 
         models = dx_cli("models", "--config", config)
         assert models.returncode == 0, models.stderr
