@@ -9,6 +9,8 @@ reload, with no restart.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -161,15 +163,25 @@ def pull(
     progress = Progress(out, out.isatty())
     job = Pull(hub_ref, entry, budget, progress, cache_dir=cache_dir)
     started = time.monotonic()
+
+    def interrupted(signum: int, frame: object) -> None:
+        # At once: the download's thread would otherwise be waited for. What it wrote stays
+        # in the cache's partial file, which the next pull resumes.
+        progress._end_bar()
+        out.write("interrupted: run the same command again to resume the download\n")
+        out.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         pulled = asyncio.run(job.run())
     except PullError as exc:
         progress._end_bar()
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        progress._end_bar()
-        click.echo("interrupted: run the same command again to resume the download", err=True)
-        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     entry = with_path(entry, pulled)
     lines = entry_lines(pulled, entry, job.endpoint)
     took = time.monotonic() - started

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -387,9 +388,9 @@ class Pull:
             return PullError(self._disk_full_message())
         if kind in ("OfflineModeIsEnabled",):
             return PullError(f"HF_HUB_OFFLINE is set: {repo} cannot be pulled")
-        if kind == "LocalEntryNotFoundError" and exc.__cause__ is not None:
-            exc = exc.__cause__  # the network error behind "not in the cache either"
-            kind = type(exc).__name__
+        cause = exc.__cause__
+        if kind == "LocalEntryNotFoundError" and isinstance(cause, Exception):
+            exc, kind = cause, type(cause).__name__  # the network error behind "not cached"
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
         return PullError(
             f"cannot reach the Hugging Face Hub at {where} ({kind}: {text}); check the "
@@ -448,8 +449,35 @@ class Pull:
         return path
 
     def _fetch(self, f: HubFile, revision: str) -> Path:
+        """Download one file into the cache: its blob (`blobs/<etag>`) written by
+        huggingface_hub's `http_get` into a partial file that outlives an interruption (a
+        Ctrl-C, a lost connection, a full disk) and is resumed with a Range request next
+        time; then `hf_hub_download` finds the blob and links it into the snapshot, as for
+        any file it downloaded itself. A lock on the partial file makes a second pull of the
+        same file (another process, or the server) wait for the first, then use its blob."""
         hub = _hub()
+        from filelock import FileLock
+
         try:
+            url = hub.hf_hub_url(self.ref.repo, f.path, revision=revision, endpoint=self.endpoint)
+            meta = hub.get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
+            etag = meta.etag or f.sha256
+            if etag:
+                blobs = self._cache() / "blobs"
+                blobs.mkdir(parents=True, exist_ok=True)
+                blob = blobs / etag
+                part = blobs / f"{etag}.incomplete"
+                with FileLock(f"{part}.lock"):
+                    if not blob.exists():
+                        with open(part, "ab") as out:
+                            hub.file_download.http_get(
+                                meta.location or url,
+                                out,
+                                resume_size=out.tell(),
+                                headers=hub.utils.build_hf_headers(token=self.token),
+                                expected_size=meta.size,
+                            )
+                        os.replace(part, blob)
             return Path(
                 hub.hf_hub_download(
                     self.ref.repo,

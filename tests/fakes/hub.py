@@ -40,6 +40,8 @@ class FakeFile:
     sha256: str = ""
 
     def __post_init__(self) -> None:
+        if self.sha256:  # given (already hashed)
+            return
         if self.size_override is not None:
             self.sha256 = hashlib.sha256(self.path.encode()).hexdigest()
             return
@@ -132,7 +134,7 @@ class FakeHub:
         if request.method == "HEAD":
             return out
         pos = start
-        fh: BinaryIO = open(f.source, "rb") if f.source else io.BytesIO(f.data)  # noqa: SIM115
+        fh: BinaryIO = open(f.source, "rb") if f.source else io.BytesIO(f.data)  # noqa: SIM115, ASYNC230 (a test fake)
         with fh:
             fh.seek(start)
             while pos <= end:
@@ -177,3 +179,43 @@ class FakeHub:
     def downloads(self, path_end: str) -> list[str]:
         """The Range headers of the GETs of files whose path ends with `path_end`."""
         return [r for m, p, r in self.requests if m == "GET" and p.endswith(path_end)]
+
+
+SMOL = "dx-test/SmolLM2-135M-Instruct-GGUF"
+GEMMA = "dx-test/gemma-3-270m-it-GGUF"
+_HASHES: dict[tuple[Path, bool], str] = {}
+
+
+def bundled_hub(smollm2: Path, gemma: Path) -> FakeHub:
+    """The repos the pull tests use, with the bundled GGUFs:
+    - SMOL: the real SmolLM2 as Q4_1, and a second quant name, Q8_0, declared at 4 TiB (never
+      fits, never downloaded: for the choice and the disk check);
+    - GEMMA: the real Gemma 3 270M as Q4_K_M;
+    - dx-test/corrupt-GGUF: SmolLM2 with a sha256 it does not have;
+    - dx-test/vision-GGUF: SmolLM2 and a (made-up) vision projector;
+    - dx-test/no-gguf: safetensors only."""
+
+    def real(path: str, source: Path, corrupt: bool = False) -> FakeFile:
+        key = (source, corrupt)
+        if key in _HASHES:  # hashing 350 MB once per test session is enough
+            return FakeFile(path, source, corrupt=corrupt, sha256=_HASHES[key])
+        made = FakeFile(path, source, corrupt=corrupt)
+        _HASHES[key] = made.sha256
+        return made
+
+    return FakeHub(
+        {
+            SMOL: [
+                real("SmolLM2-135M-Instruct-Q4_1.gguf", smollm2),
+                FakeFile("SmolLM2-135M-Instruct-Q8_0.gguf", size_override=4 * 2**40),
+                FakeFile("README.md", data=b"# SmolLM2 GGUF\n"),
+            ],
+            GEMMA: [real("gemma-3-270m-it-Q4_K_M.gguf", gemma)],
+            "dx-test/corrupt-GGUF": [real("corrupt-Q4_1.gguf", smollm2, corrupt=True)],
+            "dx-test/vision-GGUF": [
+                real("vision-Q4_1.gguf", smollm2),
+                FakeFile("mmproj-vision-F16.gguf", data=b"GGUF" + bytes(60)),
+            ],
+            "dx-test/no-gguf": [FakeFile("model.safetensors", data=b"{}")],
+        }
+    )
