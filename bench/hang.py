@@ -89,7 +89,7 @@ async def serves(session: aiohttp.ClientSession, url: str, key: str) -> bool:
             url + "/api/chat",
             json=body,
             headers={"Authorization": f"Bearer {key}"},
-            timeout=aiohttp.ClientTimeout(total=5),
+            timeout=aiohttp.ClientTimeout(total=60),
         ) as r:
             await r.read()
             return r.status == 200
@@ -131,6 +131,7 @@ async def one_signal(url: str, key: str, pid: int, sig: int) -> dict[str, Any]:
                 return out
             await asyncio.sleep(0.1)
         out["serves_again_s"] = round(time.monotonic() - t_sig, 2)
+        out["engine_ready_in_s"] = (await admin_replica(session, url, key))["ready_in_s"]
         # Let the restarted engine settle before the next round.
         await asyncio.sleep(1.0)
     return out
@@ -147,10 +148,13 @@ def run_signal(args: argparse.Namespace) -> int:
                 r = asyncio.run(one_signal(dx.url, dx.key, pid, sig))
             print(json.dumps(r), flush=True)
             results.append(r)
-    print("\n| signal | client's stream ends (s after) | serves again (s after) |")
-    print("|---|---|---|")
+    print("\n| signal | client's stream ends (s after) | serves again (s after) | engine start |")
+    print("|---|---|---|---|")
     for r in results:
-        print(f"| {r['signal']} | {r['stream_ended_s']} | {r['serves_again_s']} |")
+        print(
+            f"| {r['signal']} | {r['stream_ended_s']} | {r['serves_again_s']} "
+            f"| {r.get('engine_ready_in_s')} |"
+        )
     return 0
 
 

@@ -510,7 +510,11 @@ class Replica(SleepMode):
         answered = loop.time()
         try:
             while True:
-                done, _ = await asyncio.wait({exited, wedged}, timeout=LIVENESS_INTERVAL)
+                done, _ = await asyncio.wait(
+                    {exited, wedged},
+                    timeout=LIVENESS_INTERVAL,
+                    return_when=asyncio.FIRST_COMPLETED,  # an exit is seen at once
+                )
                 if exited in done:
                     return "exited", f"exited unexpectedly with code {exited.result()}"
                 if done:
@@ -552,9 +556,6 @@ class Replica(SleepMode):
         last = loop.time()
         try:
             while True:
-                done, _ = await asyncio.wait({probe}, timeout=HANG_TICK)
-                if done:
-                    return probe.result()
                 cpu = self._cpu_seconds()
                 now = loop.time()
                 if now - last > HANG_TICK + HANG_LAG:
@@ -562,21 +563,24 @@ class Replica(SleepMode):
                 last = now
                 if cpu is None or self._busy_elsewhere():
                     samples.clear()
-                    continue
-                samples.append((now, cpu, self.last_output))
-                while len(samples) > 1 and samples[1][0] <= now - HANG_AFTER:
-                    samples.popleft()
-                since, cpu_then, heard_then = samples[0]
-                if (
-                    now - since >= HANG_AFTER
-                    and cpu - cpu_then < HANG_CPU
-                    and self.last_output == heard_then
-                ):
-                    return (
-                        f"stopped responding: {self.adapter.live_path} unanswered for "
-                        f"{now - since + HANG_TICK:.1f} s while it sent nothing and used no "
-                        f"CPU time{self._stopped_note()}: killed it"
-                    )
+                else:
+                    samples.append((now, cpu, self.last_output))
+                    while len(samples) > 1 and samples[1][0] <= now - HANG_AFTER:
+                        samples.popleft()
+                    since, cpu_then, heard_then = samples[0]
+                    if (
+                        now - since >= HANG_AFTER - HANG_TICK / 10  # timers may fire early
+                        and cpu - cpu_then < HANG_CPU
+                        and self.last_output == heard_then
+                    ):
+                        return (
+                            f"stopped responding: {self.adapter.live_path} unanswered for "
+                            f"{now - since:.1f} s while it sent nothing and used no CPU time"
+                            f"{self._stopped_note()}: killed it"
+                        )
+                done, _ = await asyncio.wait({probe}, timeout=HANG_TICK)
+                if done:
+                    return probe.result()
         finally:
             probe.cancel()
 
