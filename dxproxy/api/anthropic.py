@@ -146,7 +146,7 @@ def _payload(req: AnthropicRequest, model: ModelConfig, request: web.Request) ->
                 f"messages[{i}].role: expected user or assistant, got {role!r}",
                 param="messages",
             )
-        out.extend(_message(role, m.content or "", i, model, tools_ok))
+        out.extend(_message(role, m.content, i, model, tools_ok))
     if system:
         out.insert(0, {"role": "system", "content": "\n\n".join(s for s in system if s)})
     payload: dict[str, Any] = {"model": model.name, "messages": chatcall.fit_template(out)}

@@ -268,7 +268,7 @@ def _invalid(message: str) -> ApiError:
 
 class AnthropicMessage(msgspec.Struct):
     role: str  # user, assistant; and system, which Claude Code sends inside `messages`
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]]
 
 
 class AnthropicRequest(msgspec.Struct):

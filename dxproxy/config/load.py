@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from dxproxy.config.gguf import GGUFError, read_metadata
 from dxproxy.config.schema import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_CONTEXT,
@@ -52,6 +53,9 @@ _ENGINE_NAMES = {"llama-server": "llamacpp"}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 PACKAGE_PREFIX = "package:"
+# Every llama-server model serves embeddings unless its config says `embeddings: false`, as
+# Ollama embeds with any model it serves (chat throughput with it on: docs/PERFORMANCE.md).
+EMBEDDINGS_BY_DEFAULT = True
 
 
 T = TypeVar("T")
@@ -356,6 +360,14 @@ def _model(
     if python and engine == "llamacpp" and command is None:
         r.error("python", "engine llamacpp runs llama-server, not Python: name it in binary:")
 
+    args = r.strings("args")
+    embeddings = r.get("embeddings", bool, False)
+    own = engine == "llamacpp" and command is None  # llama-server, run the way DX runs it
+    if "embeddings" not in r.data and own:
+        embeddings = EMBEDDINGS_BY_DEFAULT
+    pooling = None
+    if embeddings and own and not any(a.split("=")[0] == "--pooling" for a in args):
+        pooling = _default_pooling(model)
     m = ModelConfig(
         name=name,
         engine=engine if engine in ENGINE_KINDS else "llamacpp",  # type: ignore[arg-type]
@@ -369,11 +381,12 @@ def _model(
         python=str(Path(python).expanduser()) if python else None,
         binary=str(Path(binary).expanduser()) if binary else None,
         command=command,
-        args=r.strings("args"),
+        args=args,
         env=tuple(env_pairs),
         startup_timeout=r.duration("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
         sleep_mode=r.get("sleep_mode", bool, False),
-        embeddings=r.get("embeddings", bool, False),
+        embeddings=embeddings,
+        pooling=pooling,
         affinity=r.get("affinity", bool, True),
         load=_load_policy(r),
         keep_alive=_keep_alive(r),
@@ -383,6 +396,17 @@ def _model(
         r.error("sleep_mode", "only vLLM can sleep; other engines are stopped when idle")
     r.finish()
     return m
+
+
+def _default_pooling(path: str) -> str | None:
+    """The pooling llama-server needs to serve embeddings of this GGUF: none to add where the
+    model has its own (an embedding model), else mean (a chat model, as Ollama embeds)."""
+    try:
+        meta = read_metadata(path)
+    except (OSError, GGUFError):
+        return "mean"  # unreadable: the engine says why when it starts
+    arch = meta.get("general.architecture")
+    return None if f"{arch}.pooling_type" in meta else "mean"
 
 
 def _size(r: _Reader, key: str) -> int | None:

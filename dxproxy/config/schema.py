@@ -139,6 +139,9 @@ class ModelConfig:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     sleep_mode: bool = False  # vLLM: may sleep (weights to CPU RAM) instead of stopping
     embeddings: bool = False  # serve /api/embed and /v1/embeddings with this model
+    # llama-server's --pooling, set by DX where embeddings are on and the model has no pooling
+    # of its own (a chat model: llama.cpp's "none" serves no embeddings API); None: the model's
+    pooling: str | None = None
     affinity: bool = True  # send a conversation's turns to the replica that has its cache
     load: Literal["start", "on_demand"] = "start"  # on_demand: at its first request
     keep_alive: float = DEFAULT_KEEP_ALIVE  # on_demand: idle seconds before unloading; <0 never
@@ -168,7 +171,7 @@ class ModelConfig:
             parallel=self.parallel,
             program=self.binary or self.python,
             command=self.command,
-            args=self.args,
+            args=self.args + (("--pooling", self.pooling) if self.pooling else ()),
             env=self.env,
             startup_timeout=self.startup_timeout,
             sleep_mode=self.sleep_mode,

@@ -113,8 +113,9 @@ def test_list_show_ps(dx: DxProcess) -> None:
     shown = c.show("smollm2")
     assert (shown.modelinfo or {})["llama.context_length"] == 2048
     assert shown.details.parameter_size == "135M" and shown.details.quantization_level == "Q4_1"
-    assert shown.capabilities == ["completion"]  # its template has no tool syntax
-    assert c.show("smollm2-tools").capabilities == ["completion", "tools"]
+    # Its template has no tool syntax; llama-server models embed by default, as in Ollama.
+    assert shown.capabilities == ["completion", "embedding"]
+    assert c.show("smollm2-tools").capabilities == ["completion", "tools", "embedding"]
     assert "<tool_call>" in (c.show("smollm2-tools").template or "")
     assert c.show("smollm2-embed").capabilities == ["completion", "embedding"]
     running = {m.model: m for m in c.ps().models}
@@ -149,9 +150,9 @@ def test_embed(dx: DxProcess) -> None:
     assert len(legacy.embedding) == 576
     # llama-server with --embeddings still generates: the model is listed with both.
     assert c.chat(model="smollm2-embed", messages=QUESTION, options=GREEDY).message.content
-    with pytest.raises(ollama.ResponseError) as err:
-        c.embed(model="smollm2", input="x")
-    assert err.value.status_code == 400 and "embeddings: true" in err.value.error
+    # Any llama-server model embeds, as with Ollama (DX adds mean pooling to a chat model).
+    chat_model = c.embed(model="smollm2", input="The sky is blue.")
+    assert chat_model.embeddings[0] == pytest.approx(reply.embeddings[0], abs=1e-4)
 
 
 def test_tools_reach_the_model(dx: DxProcess) -> None:
@@ -233,8 +234,11 @@ def test_refusals(dx: DxProcess) -> None:
     with pytest.raises(ollama.ResponseError) as think:
         c.chat(model="smollm2", messages=QUESTION, think=True)
     assert think.value.status_code == 400 and "does not support thinking" in think.value.error
+    # num_ctx above the served context is served with it, as Ollama caps it; only a prompt
+    # that does not fit is refused, with both sizes.
+    assert c.chat(model="smollm2", messages=QUESTION, options={"num_ctx": 4096, **GREEDY}).done
     with pytest.raises(ollama.ResponseError) as ctx:
-        c.chat(model="smollm2", messages=QUESTION, options={"num_ctx": 4096})
+        c.generate(model="smollm2", prompt="word " * 3000, options={"num_ctx": 4096})
     assert ctx.value.status_code == 400 and "2048" in ctx.value.error
     with pytest.raises(ollama.ResponseError) as vision:
         c.chat(model="smollm2", messages=[{"role": "user", "content": "What is this?",

@@ -2,7 +2,9 @@
 
 Every field is either mapped to what the engine does with it, or refused with a 400 that says
 why: nothing a client sends is silently dropped (issue 7). The exceptions are the ones Ollama
-itself ignores (unknown options) and defaults that change nothing (`truncate`/`shift` true).
+itself serves anyway, logged once (dxproxy/api/notes.py): options it does not know or the
+engine cannot apply, and a `num_ctx` above the served context (capped to it, as Ollama caps
+it to what it can hold); and defaults that change nothing (`truncate`/`shift` true).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from dxproxy.api.notes import note
 from dxproxy.api.schemas import Generation, Message, Options, Tool
 from dxproxy.config import ModelConfig, parse_duration
 from dxproxy.http.errors import ApiError
@@ -125,14 +128,14 @@ def _options(opts: Options, payload: dict[str, Any], model: ModelConfig, kind: s
             continue
         target = fields[kind]
         if target is None:
-            if value == _NEUTRAL.get(key):
-                continue
-            raise ApiError(
-                400,
-                f"options.{key} is not supported by the {kind} engine of "
-                f"'{display_name(model.name)}'; leave it out (engine llamacpp supports it)",
-                param="options",
-            )
+            if value != _NEUTRAL.get(key):
+                # Ollama logs and ignores an option it cannot apply; so does DX.
+                note(
+                    "ollama",
+                    f"options.{key} is not supported by the {kind} engine of "
+                    f"'{display_name(model.name)}': ignored (engine llamacpp supports it)",
+                )
+            continue
         payload[target or key] = int(value) if key in _INTEGER_OPTIONS else value
     if opts.num_predict is not None and opts.num_predict >= 0:  # -1: no limit, -2: fill
         payload["max_tokens"] = int(opts.num_predict)
@@ -141,12 +144,13 @@ def _options(opts: Options, payload: dict[str, Any], model: ModelConfig, kind: s
     if opts.num_keep is not None and kind == "llama-server":
         payload["n_keep"] = int(opts.num_keep)
     if opts.num_ctx is not None and int(opts.num_ctx) > model.context:
-        raise ApiError(
-            400,
-            f"options.num_ctx: {int(opts.num_ctx)} is more than the context DX serves for "
-            f"'{display_name(model.name)}' ({model.context} tokens); ask for at most "
-            f"{model.context}, or raise models.{model.name}.context in the DX config",
-            param="options",
+        # Ollama caps num_ctx to what it can hold and serves the request; only a prompt that
+        # does not fit the context is refused (by the engine, with both sizes).
+        note(
+            "ollama",
+            f"options.num_ctx {int(opts.num_ctx)} is more than the context DX serves for "
+            f"'{display_name(model.name)}': served with {model.context} tokens (raise "
+            f"models.{model.name}.context in the DX config for more)",
         )
     # num_batch, num_gpu, main_gpu, num_thread, use_mmap: load-time speed settings of the
     # engine, not of one request; DX sets them per model (models.<name>.args). They change

@@ -432,7 +432,12 @@ def test_a_wrong_type_names_the_field(
             "messages[0]: missing required field `content`",
             "messages",
         ),
-        (b'{"tools":[{}]}', AnthropicRequest, "tools[0]: missing required field `name`", "tools"),
+        (
+            b'{"messages":[{"content":"x"}]}',
+            AnthropicRequest,
+            "messages[0]: missing required field `role`",
+            "messages",
+        ),
     ],
 )
 def test_a_missing_required_field_is_named(
@@ -461,9 +466,12 @@ def test_other_invalid_values_are_named_without_the_think_hint() -> None:
     assert err.message == "encoding_format: invalid value 'hex'"
     assert err.param == "encoding_format"
 
-    err = bad(b'{"messages":[{"role":"system","content":"x"}]}', AnthropicRequest)
-    assert err.message == "messages[0].role: invalid value 'system'"
+    err = bad(b'{"messages":[{"role":1,"content":"x"}]}', AnthropicRequest)
+    assert err.message == "messages[0].role: expected a string, got an integer"
     assert err.param == "messages"
+    # Claude Code sends system-role messages inside `messages`: they decode (and are mapped).
+    ok = decode(b'{"messages":[{"role":"system","content":"x"}]}', AnthropicRequest)
+    assert ok.messages[0].role == "system"
 
 
 # -- bodies that are not a JSON object --------------------------------------------------------
@@ -730,9 +738,7 @@ def test_an_anthropic_body_decodes() -> None:
     assert req.messages[0].content == "hi"
     assert req.messages[1].content == [{"type": "text", "text": "hello"}]
     assert req.stop_sequences == ["\n\nHuman:"]
-    assert req.tools is not None
-    assert req.tools[0].name == "get"
-    assert req.tools[0].input_schema == {"type": "object"}
+    assert req.tools == [{"name": "get", "input_schema": {"type": "object"}}]
     assert req.tool_choice == {"type": "auto"}
     assert req.thinking == {"type": "enabled", "budget_tokens": 1024}
     assert decode(b"{}", AnthropicRequest).stream is False

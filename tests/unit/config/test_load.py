@@ -141,3 +141,27 @@ def test_relative_paths_are_relative_to_the_config(tmp_path: Path, gguf: Path) -
 )
 def test_parse_duration_speaks_go(text: object, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_llama_server_models_embed_by_default(tmp_path: Path) -> None:
+    """As Ollama embeds with any model: llama-server gets --embeddings and, for a model with
+    no pooling of its own (a chat model: "none" serves no embeddings API), --pooling mean."""
+    from tests.fakes.engine_requests import write_gguf
+
+    chat = write_gguf(tmp_path / "chat.gguf", {"general.architecture": "llama"})
+    embed = write_gguf(tmp_path / "embed.gguf",
+                       {"general.architecture": "bert", "bert.pooling_type": 2})  # fmt: skip
+
+    def one(path: Path, extra: str = "") -> tuple[bool, tuple[str, ...], bool]:
+        (m,) = load_config(model_yaml(path, extra)).models
+        spec = m.spec()
+        return m.embeddings, spec.args, spec.embeddings
+
+    assert one(chat) == (True, ("--pooling", "mean"), True)
+    assert one(embed) == (True, (), True)  # its own pooling
+    assert one(chat, "    args: [--pooling, cls]\n") == (True, ("--pooling", "cls"), True)
+    assert one(chat, "    embeddings: false\n") == (False, (), False)
+    assert one(chat, "    embeddings: true\n") == (True, ("--pooling", "mean"), True)
+    python = model_yaml(chat).replace("engine: llamacpp", "engine: llama-cpp-python")
+    assert not load_config(python).models[0].embeddings  # only llama-server, by default
+    assert load_default_config(env={"HOME": "/h"}).models[0].embeddings

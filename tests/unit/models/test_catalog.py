@@ -40,6 +40,7 @@ def config(tmp_path: Path, models: dict[str, dict[str, Any]]) -> Config:
 
 def one(tmp_path: Path, **spec: Any) -> ModelConfig:
     spec.setdefault("engine", "llamacpp")
+    spec.setdefault("embeddings", False)  # on by default for llama-server: see test_config
     if "model" not in spec:
         spec["model"] = str(write_gguf(tmp_path / "m.gguf", {"general.architecture": "llama"}))
     (model,) = config(tmp_path, {"m": spec}).models
@@ -48,6 +49,7 @@ def one(tmp_path: Path, **spec: Any) -> ModelConfig:
 
 def describe(tmp_path: Path, **spec: Any) -> ModelInfo:
     spec.setdefault("engine", "llamacpp")
+    spec.setdefault("embeddings", False)
     info = build_catalog(config(tmp_path, {"m": spec})).get("m")
     assert info is not None
     return info
@@ -130,8 +132,9 @@ def test_real_smollm2_entry(tmp_path: Path) -> None:
     assert "tokenizer.chat_template" not in info.model_info
     assert "<|im_start|>" in info.template
     assert info.license == "apache-2.0"
-    # Its template never mentions tools: llama-server would drop them without a word.
-    assert info.capabilities == ("completion",)
+    # Its template never mentions tools: llama-server would drop them without a word. It
+    # embeds, as every llama-server model does unless its config says otherwise.
+    assert info.capabilities == ("completion", "embedding")
 
 
 def test_tags_entry_is_what_api_tags_lists(tmp_path: Path) -> None:
