@@ -441,7 +441,9 @@ class Pull:
             if done:
                 break
             have = _size(blobs / f"{f.sha256}.incomplete") if f.sha256 else 0
-            if have != last:
+            if not have and f.sha256 and (blobs / f.sha256).exists():
+                have = f.size  # done, renamed into the blob; or there from an earlier pull
+            if have != last and have >= last:
                 last = have
                 self.emit(Event(label, digest, f.size, min(have, f.size), f.path))
         path = task.result()  # raises the download's PullError
@@ -560,6 +562,7 @@ def _size(path: Path) -> int:
 
 def _hub() -> Any:
     """huggingface_hub, imported when a pull starts (its import takes a while)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # MANIFEST.md: no telemetry
     import huggingface_hub
     import huggingface_hub.file_download
     import huggingface_hub.utils

@@ -11,6 +11,7 @@ Where things are:
 - `embed`: /api/embed and /api/embeddings
 - `models`: /api/tags, /api/show, /api/ps, and the registry operations DX answers without a
   registry (pull, push, create, copy, delete, blobs)
+- `pull`: /api/pull and /api/delete of `hf.co/...` models (downloaded from Hugging Face)
 
 Request bodies are typed in `dxproxy.api.schemas`.
 """
