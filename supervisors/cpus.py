@@ -14,7 +14,9 @@ its own core set (its affinity: every thread of its process) and as many threads
 - The supervisor re-plans whenever the set of running CPU replicas changes (a model loads,
   unloads, is rescaled or replaced). A running engine gets its new core set at once
   (`set_affinity`: every thread of it and of its children); its thread count is fixed at its
-  start, so it follows at the next start.
+  start, so it follows at the next start. An engine whose new set has fewer cores than it
+  has threads keeps its cores until then: its threads wait on each other at every step, and
+  squeezed onto fewer cores they would spin against each other (worse than sharing).
 """
 
 from __future__ import annotations

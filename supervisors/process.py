@@ -132,8 +132,10 @@ class Replica(SleepMode):
         self.index = index
         self.adapter = adapter
         self.gpus = gpus  # () = CPU
-        # Its cores and threads when it runs on the CPU (the supervisor's plan, cpus.py).
+        # Its cores and threads when it runs on the CPU (the supervisor's plan, cpus.py), and
+        # the threads its running process was started with.
         self.cpu: CpuShare | None = None
+        self._threads_started = 0
         self.id = f"{spec.name}#{index}"
         self.capacity = adapter.parallel(spec)
         self.in_flight = 0  # maintained by the router
@@ -200,12 +202,25 @@ class Replica(SleepMode):
 
     def set_cpu(self, share: CpuShare | None) -> None:
         """A new share of the CPU: the cores apply now to a running engine (every thread),
-        the thread count at its next start."""
+        the thread count at its next start. Fewer cores than the threads it computes with
+        would make its threads wait on each other at every step (worse than sharing): such
+        an engine keeps its cores until its next start."""
         if share == self.cpu:
             return
         self.cpu = share
-        if share is not None and self._proc is not None and self._proc.returncode is None:
-            set_affinity(self._proc.pid, share.cpus)
+        running = self._proc is not None and self._proc.returncode is None
+        if share is None or not running or self._proc is None:
+            return
+        if len(share.cpus) < self._threads_started:
+            log.info(
+                "%s: keeps its cores until its next start (it computes with %d threads; its "
+                "new share is %s)",
+                self.id,
+                self._threads_started,
+                share.label,
+            )
+            return
+        set_affinity(self._proc.pid, share.cpus)
 
     @property
     def may_become_ready(self) -> bool:
@@ -469,6 +484,7 @@ class Replica(SleepMode):
         self.pid = self._proc.pid
         if self.cpu is not None:  # before its compute threads exist: they inherit it
             set_affinity(self.pid, self.cpu.cpus)
+        self._threads_started = launch.threads(self.spec)
         if self._groups is not None:
             self._groups.add(self.pid)  # its group id is its pid (a new session)
         self.started_at = time.time()
