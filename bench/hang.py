@@ -4,10 +4,11 @@
     .venv/bin/python bench/hang.py stress --seconds 120        # 32 clients, ~4k-token prompts
 
 `signal`: DX serves the real SmolLM2 on llama-server (context 2048; a new DX for each
-signal, so that every restart is a first one, with a 1 s backoff). A streamed Ollama
-`/api/chat` asks for 2,000 tokens; after its 5th line the engine gets the signal. Reported per
-signal: when the client's stream ended (seconds after the signal), its last line, and when
-the model served a new request again (a 1-token chat, retried every 0.1 s).
+signal, so that every restart is a first one). A streamed Ollama `/api/chat` asks for 2,000
+tokens; after its 5th line the engine gets the signal. Reported per signal, in seconds after
+it: when the client's stream ended (and its last line), when the restarted engine was ready
+(its spawn time plus its start, from /admin/models), and when a new 1-token chat sent right
+after the stream ended was answered (it waits for the restart; retried every 0.1 s if not).
 
 `stress`: DX serves SmolLM2 on llama-server with `--context` (8192: 4 slots) while `--clients`
 clients each send one streamed chat after another, each with a distinct prompt of about
@@ -106,7 +107,7 @@ async def one_signal(url: str, key: str, pid: int, sig: int) -> dict[str, Any]:
     }
     out: dict[str, Any] = {"signal": signal.Signals(sig).name}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        t_sig = 0.0
+        t_sig = t_sig_wall = 0.0
         lines = 0
         last = b""
         async with session.post(
@@ -119,7 +120,7 @@ async def one_signal(url: str, key: str, pid: int, sig: int) -> dict[str, Any]:
                         last = line.strip()
                     if lines == 5 and not t_sig:
                         psutil.Process(pid).send_signal(sig)
-                        t_sig = time.monotonic()
+                        t_sig, t_sig_wall = time.monotonic(), time.time()
             except aiohttp.ClientError as exc:
                 last = f"(client error) {type(exc).__name__}: {exc}".encode()
         out["stream_ended_s"] = round(time.monotonic() - t_sig, 2)
@@ -131,7 +132,11 @@ async def one_signal(url: str, key: str, pid: int, sig: int) -> dict[str, Any]:
                 return out
             await asyncio.sleep(0.1)
         out["serves_again_s"] = round(time.monotonic() - t_sig, 2)
-        out["engine_ready_in_s"] = (await admin_replica(session, url, key))["ready_in_s"]
+        after = await admin_replica(session, url, key)
+        out["engine_ready_in_s"] = after["ready_in_s"]
+        # The replica was ready again (serving) at its spawn time plus its start.
+        ready = float(after["started_at"]) + float(after["ready_in_s"]) - t_sig_wall
+        out["ready_again_s"] = round(ready, 2)
         # Let the restarted engine settle before the next round.
         await asyncio.sleep(1.0)
     return out
@@ -148,12 +153,15 @@ def run_signal(args: argparse.Namespace) -> int:
                 r = asyncio.run(one_signal(dx.url, dx.key, pid, sig))
             print(json.dumps(r), flush=True)
             results.append(r)
-    print("\n| signal | client's stream ends (s after) | serves again (s after) | engine start |")
-    print("|---|---|---|---|")
+    print(
+        "\n| signal | client's stream ends | engine ready again | a new request answered "
+        "| (the engine's own start) |"
+    )
+    print("|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['signal']} | {r['stream_ended_s']} | {r['serves_again_s']} "
-            f"| {r.get('engine_ready_in_s')} |"
+            f"| {r['signal']} | {r['stream_ended_s']} s | {r.get('ready_again_s')} s "
+            f"| {r['serves_again_s']} s | {r.get('engine_ready_in_s')} s |"
         )
     return 0
 
