@@ -323,6 +323,9 @@ class Pull:
             return model_need(q, projector, meta, self.entry, on_gpu)
 
         choice = choose_quant(ref.repo, quants, ref.quant, need, self.budget)
+        if not meta:
+            why = f"{choice.why} (the GGUF header was not readable: KV cache estimated for a "
+            choice = replace(choice, why=why + "32-layer, 4096-wide model)")
         self.emit(Event(choice.why))
         todo = [*choice.quant.files, *([projector] if projector else [])]
         self._check_disk(todo)

@@ -66,6 +66,8 @@ def test_every_command_starts(venv: Path, tmp_path: Path) -> None:
         ["keys", "list", "--config", str(good)],
         ["logs", "m", "--config", str(good)],
         ["import-ollama", "--help"],
+        ["pull", "--help"],
+        ["rm", "nothing", "--config", str(good)],
         ["ps", "--config", str(good)],
         ["models", "--config", str(good)],
     ):
