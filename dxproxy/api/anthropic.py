@@ -163,13 +163,13 @@ def _payload(req: AnthropicRequest, model: ModelConfig, request: web.Request) ->
             choice = _tool_choice(req.tool_choice)
             if choice is not None:
                 payload["tool_choice"] = choice
-    thinking = (req.thinking or {}).get("type")
+    thinking = (req.thinking or {}).get("type")  # enabled, adaptive, disabled
     if thinking == "enabled":
         if info is not None and "thinking" in info.capabilities:
             payload["chat_template_kwargs"] = {"enable_thinking": True}
         else:
             note("anthropic", f"{display_name(model.name)} does not think: `thinking` ignored")
-    fmt = (req.output_config or {}).get("format") or req.output_format or {}
+    fmt = (req.output_config or {}).get("format") or req.output_format
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         payload["response_format"] = {
             "type": "json_schema",
@@ -276,7 +276,7 @@ def _image(block: dict[str, Any], model: ModelConfig) -> dict[str, Any] | None:
     if not has_vision(model):
         note("anthropic", f"{display_name(model.name)} does not read images: image dropped")
         return None
-    source = block.get("source") or {}
+    source = _dict(block.get("source"))
     if source.get("type") == "base64":
         url = f"data:{source.get('media_type', 'image/jpeg')};base64,{source.get('data', '')}"
     elif source.get("type") == "url" and isinstance(source.get("url"), str):
@@ -290,7 +290,7 @@ def _image(block: dict[str, Any], model: ModelConfig) -> dict[str, Any] | None:
 def _document(block: dict[str, Any]) -> str:
     """A document block as text where it has text (plain text, content blocks); a PDF or a
     file id cannot be read by an engine and is dropped."""
-    source = block.get("source") or {}
+    source = _dict(block.get("source"))
     title = block.get("title")
     if source.get("type") == "text":
         text = str(source.get("data", ""))
@@ -473,3 +473,7 @@ async def _switch(out: web.StreamResponse, block: int, open_kind: str) -> int:
             _event("content_block_stop", {"type": "content_block_stop", "index": block})
         )
     return block + 1
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -203,6 +203,7 @@ def _payload(
         if req.parallel_tool_calls is False:
             payload["parallel_tool_calls"] = False
     fmt = (req.text or {}).get("format") or {}
+    fmt = fmt if isinstance(fmt, dict) else {}
     if fmt.get("type") == "json_object":
         payload["response_format"] = {"type": "json_object"}
     elif fmt.get("type") == "json_schema":
@@ -216,7 +217,7 @@ def _payload(
         }
     elif fmt.get("type") not in (None, "text"):
         note("responses", f"text.format type {fmt.get('type')!r} is unknown: plain text")
-    effort = (req.reasoning or {}).get("effort")
+    effort = (req.reasoning or {}).get("effort") if isinstance(req.reasoning, dict) else None
     if effort not in (None, "none", "minimal"):
         if info is not None and "thinking" in info.capabilities:
             payload["chat_template_kwargs"] = {"enable_thinking": True, "reasoning_effort": effort}
@@ -239,7 +240,7 @@ def _tools(raw: list[dict[str, Any]]) -> tuple[list[Tool], Kinds]:
         desc = t.get("description")
         desc = desc if isinstance(desc, str) else None
         if kind == "custom":
-            fmt = t.get("format") or {}
+            fmt = t["format"] if isinstance(t.get("format"), dict) else {}
             if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
                 rule = f"The input follows this {fmt.get('syntax', '')} grammar:\n"
                 desc = f"{desc or ''}\n\n{rule}{fmt['definition']}".strip()
