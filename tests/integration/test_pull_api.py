@@ -74,6 +74,9 @@ def test_pull_with_the_ollama_client_then_chat_then_delete(dx: DxProcess, hub: F
         [*DX, "keys", "create", "bob", "--state-dir", str(dx.state_dir)],
         capture_output=True, text=True, check=True, timeout=60,
     )
+    # The server reads the key store again within a second (not polled: early tries with an
+    # unknown key would count as failed attempts).
+    time.sleep(2.0)
     bob = ollama.Client(host=dx.url, headers={"Authorization": f"Bearer {made.stdout.strip()}"})
     with pytest.raises(ollama.ResponseError) as refused:
         bob.pull(name)
