@@ -42,13 +42,13 @@ class Progress:
 
     def __call__(self, e: Event) -> None:
         if not e.digest:
-            self._end_bar()
+            self.end()
             self.out.write(f"{e.status}\n")
             self.out.flush()
             return
         now = time.monotonic()
         if e.file != self.file:
-            self._end_bar()
+            self.end()
             self.file, self.start, self.first, self.logged = e.file, now, e.completed, 0.0
             if e.completed and e.completed < e.total:
                 self._line(f"resuming {e.file} at {gib(e.completed)}")
@@ -76,7 +76,7 @@ class Progress:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def _end_bar(self) -> None:
+    def end(self) -> None:
         if self.tty and self.file:
             self.out.write("\n")
             self.file = ""
@@ -167,7 +167,7 @@ def pull(
     def interrupted(signum: int, frame: object) -> None:
         # At once: the download's thread would otherwise be waited for. What it wrote stays
         # in the cache's partial file, which the next pull resumes.
-        progress._end_bar()
+        progress.end()
         out.write("interrupted: run the same command again to resume the download\n")
         out.flush()
         os._exit(130)
@@ -177,7 +177,7 @@ def pull(
     try:
         pulled = asyncio.run(job.run())
     except PullError as exc:
-        progress._end_bar()
+        progress.end()
         raise click.ClickException(str(exc)) from None
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dxproxy.config import ModelConfig
-from dxproxy.models.gguf import GGUFError, read_partial_metadata
+from dxproxy.models.gguf import read_partial_metadata
 from dxproxy.models.memory import estimate_gguf, gib
 from supervisors import Gpu
 
@@ -364,7 +364,7 @@ class Pull:
             )
             r.raise_for_status()
             return read_partial_metadata(r.content[:HEAD_BYTES])
-        except (GGUFError, Exception):
+        except Exception:  # GGUFError, HTTP, network: the estimate falls back (and says so)
             return {}
 
     def _explain(self, exc: Exception) -> PullError:

@@ -41,37 +41,36 @@ log = logging.getLogger("dx.pull")
 
 
 class Job:
-    """One pull: its lines so far (every watcher reads them all), and how it ended."""
+    """One pull: its lines so far (every watcher reads them all), and whether it ended."""
 
     def __init__(self) -> None:
         self.lines: list[dict[str, Any]] = []
         self.done = False
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # set, then replaced, at each line
         self.task: asyncio.Task[None] | None = None
 
     def add(self, line: dict[str, Any]) -> None:
         self.lines.append(line)
-        asyncio.get_running_loop().create_task(self._notify())
+        self._wake()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def finish(self) -> None:
+    def finish(self) -> None:
         self.done = True
-        await self._notify()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def watch(self) -> AsyncIterator[dict[str, Any]]:
         i = 0
         while True:
-            async with self._changed:
-                while i >= len(self.lines) and not self.done:
-                    await self._changed.wait()
+            changed = self._changed  # before reading: a line added meanwhile sets it
             while i < len(self.lines):
                 yield self.lines[i]
                 i += 1
             if self.done:
                 return
+            await changed.wait()
 
 
 class Pulls:
@@ -80,12 +79,12 @@ class Pulls:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
 
-    def start(self, request: web.Request, name: str, config_path: Path) -> Job:
+    def start(self, app: web.Application, name: str, config_path: Path) -> Job:
         job = self.jobs.get(name)
         if job is not None and not job.done:
             return job  # a pull of the same name is running: watch it
         job = self.jobs[name] = Job()
-        job.task = asyncio.create_task(_run(request.app, job, name, config_path))
+        job.task = asyncio.create_task(_run(app, job, name, config_path))
         return job
 
     async def close(self) -> None:
@@ -133,7 +132,7 @@ async def _run(app: web.Application, job: Job, name: str, config_path: Path) -> 
         log.exception("pull of %s failed", name)
         job.add({"error": f"pull failed: {exc}"})
     finally:
-        await job.finish()
+        job.finish()
 
 
 def _check_admin(request: web.Request, what: str) -> Path:
@@ -165,7 +164,7 @@ async def pull(request: web.Request, req: ModelRequest) -> web.StreamResponse:
     except PullError as exc:
         raise ApiError(400, str(exc)) from None
     config_path = _check_admin(request, "pulling a model")
-    job = request.app[PULLS].start(request, ref.name, config_path)
+    job = request.app[PULLS].start(request.app, ref.name, config_path)
     if not req.stream:
         last: dict[str, Any] = {}
         async for line in job.watch():
