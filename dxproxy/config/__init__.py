@@ -3,6 +3,7 @@
 - `schema`: the tree (`Config`, `ServerConfig`, `ModelConfig`, ...) and its defaults
 - `load`: YAML text to a `Config`, every problem reported at once with its key path
 - `units`: durations and sizes, as written in the config and in requests
+- `edit`: one `models:` entry added to or removed from a config file, comments kept
 - `default.yaml`: the embedded default (`dx serve` with no config)
 
 The names below are the package's public face; import them from `dxproxy.config`.

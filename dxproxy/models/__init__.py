@@ -5,4 +5,7 @@
 - `gguf`: a GGUF file's metadata, read from its header
 - `memory`: the memory one replica needs (weights + KV cache + overhead), estimated
 - `ollama_store`: the models of an existing Ollama store, read in place
+- `hub`: GGUF models from the Hugging Face Hub: the quant chosen for the hardware (pure),
+  downloaded and checked (`dx pull`, `/api/pull`)
+- `pulled`: a pulled model's config entry, written and removed with its files
 """
