@@ -94,7 +94,9 @@ def capabilities(model: ModelConfig, template: str) -> tuple[str, ...]:
         caps.append("thinking")
     if has_vision(model):
         caps.append("vision")
-    if serves_embeddings(model):
+    # A chat model DX gives a pooling to (every llama-server model embeds by default) is
+    # listed as Ollama lists its chat models, by what it is for: completion, not embedding.
+    if serves_embeddings(model) and model.pooling is None:
         caps.append("embedding")
     return tuple(caps)
 

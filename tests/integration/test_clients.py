@@ -113,9 +113,10 @@ def test_list_show_ps(dx: DxProcess) -> None:
     shown = c.show("smollm2")
     assert (shown.modelinfo or {})["llama.context_length"] == 2048
     assert shown.details.parameter_size == "135M" and shown.details.quantization_level == "Q4_1"
-    # Its template has no tool syntax; llama-server models embed by default, as in Ollama.
-    assert shown.capabilities == ["completion", "embedding"]
-    assert c.show("smollm2-tools").capabilities == ["completion", "tools", "embedding"]
+    # Its template has no tool syntax. It embeds (every llama-server model does, as in
+    # Ollama) but is listed as Ollama lists a chat model.
+    assert shown.capabilities == ["completion"]
+    assert c.show("smollm2-tools").capabilities == ["completion", "tools"]
     assert "<tool_call>" in (c.show("smollm2-tools").template or "")
     assert c.show("smollm2-embed").capabilities == ["completion", "embedding"]
     running = {m.model: m for m in c.ps().models}

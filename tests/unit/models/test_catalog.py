@@ -133,8 +133,10 @@ def test_real_smollm2_entry(tmp_path: Path) -> None:
     assert "<|im_start|>" in info.template
     assert info.license == "apache-2.0"
     # Its template never mentions tools: llama-server would drop them without a word. It
-    # embeds, as every llama-server model does unless its config says otherwise.
-    assert info.capabilities == ("completion", "embedding")
+    # embeds, as every llama-server model does, but is listed (as Ollama lists it) as a chat
+    # model.
+    assert info.capabilities == ("completion",)
+    assert cfg.models[0].embeddings and cfg.models[0].pooling == "mean"
 
 
 def test_tags_entry_is_what_api_tags_lists(tmp_path: Path) -> None:
@@ -424,9 +426,11 @@ def test_vllm_and_own_commands_are_trusted_with_images(tmp_path: Path) -> None:
 
 
 def test_embeddings_with_llama_server_still_complete(tmp_path: Path) -> None:
-    model = one(tmp_path, embeddings=True)
+    model = one(tmp_path, embeddings=True, args=["--pooling", "mean"])
     assert serves_embeddings(model)
     assert capabilities(model, PLAIN_TEMPLATE) == ("completion", "embedding")
+    # A pooling DX chose (a chat model, embedding by default): listed as a chat model.
+    assert capabilities(one(tmp_path, embeddings=True), PLAIN_TEMPLATE) == ("completion",)
 
 
 def test_embeddings_with_vllm_do_not_complete(tmp_path: Path) -> None:
@@ -448,7 +452,8 @@ def test_capabilities_through_the_catalog(tmp_path: Path) -> None:
         {"general.architecture": "qwen3", "tokenizer.chat_template": TOOLS_TEMPLATE + "<think>"},
     )
     projector = write_gguf(tmp_path / "p.gguf", {"general.architecture": "clip"})
-    info = describe(tmp_path, model=str(gguf), args=["--mmproj", str(projector)], embeddings=True)
+    info = describe(tmp_path, model=str(gguf), args=["--mmproj", str(projector), "--pooling",
+                    "last"], embeddings=True)  # fmt: skip
     assert info.capabilities == ("completion", "tools", "thinking", "vision", "embedding")
     assert info.tags_entry()["capabilities"] == list(info.capabilities)
 
