@@ -119,3 +119,19 @@ def test_an_engine_busy_computing_is_not_restarted(dx_fake: DxProcess) -> None:
     lines = [json.loads(line) for line in resp.text.splitlines() if line.strip()]
     assert lines[-1]["done"] is True, resp.text
     assert replica(dx_fake)["restarts"] == 0
+
+
+def test_requests_to_a_hung_replica_go_to_the_other_one(tmp_path: Path) -> None:
+    dx = start_dx(tmp_path, {"fake": fake_model(replicas=2)})
+    try:
+        models = httpx.get(dx.url + "/admin/models", headers=dx.auth, timeout=10).json()["models"]
+        first = models[0]["replicas"][0]
+        os.kill(int(first["pid"]), signal.SIGSTOP)  # the replica DX picks first when both idle
+        t0 = time.monotonic()
+        answers = [chat(dx, f"x{i}", stream=False, path="/v1/chat/completions") for i in range(4)]
+        took = time.monotonic() - t0
+        print(f"4 requests, one replica hung: all answered in {took:.1f} s")
+        assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+        assert took < 8  # the first waits for the hang to be noticed (~2 s), then none do
+    finally:
+        dx.stop()
