@@ -33,8 +33,9 @@ from dxproxy.keys.store import KeyRecord, KeyRing, KeyStoreError, anonymous, bui
 
 log = logging.getLogger("dx.auth")
 
-# Paths anyone may call: the liveness probes of Ollama clients and load balancers.
-OPEN_PATHS = frozenset({"/", "/health", "/ready"})
+# Paths anyone may call: the liveness probes of Ollama clients and load balancers, and the
+# console's static page (it holds no data; what it shows needs an admin key: api/console.py).
+OPEN_PATHS = frozenset({"/", "/health", "/ready", "/ui", "/ui/console.js", "/ui/console.css"})
 ADMIN_PREFIX = "/admin"
 # Admin keys only, like /admin, unless server.metrics_open makes them open paths.
 ADMIN_PATHS = frozenset({"/metrics"})

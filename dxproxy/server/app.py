@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from dxproxy.api import admin, anthropic, health, ollama, openai, responses
+from dxproxy.api import admin, anthropic, console, health, ollama, openai, responses
 from dxproxy.api.ollama import pull as ollama_pull
 from dxproxy.config import Config
 from dxproxy.http import metrics
@@ -59,6 +59,7 @@ def make_app(
     app.add_routes(responses.routes)  # OpenAI Responses (Codex), translated
     app.add_routes(anthropic.routes)  # Anthropic Messages (Claude Code), translated
     app.add_routes(admin.routes)  # /admin/*: admin keys only
+    app.add_routes(console.routes)  # /ui (open, no data) and its /admin/* actions and logs
     app.add_routes(metrics.routes)  # /metrics: admin keys only, unless server.metrics_open
 
     async def engines(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,179 @@
+"""The console (`/ui`) in a real browser: Debian's headless Chromium, driven by Selenium through
+Debian's chromedriver, against a real `dx serve` in front of the fake engine. It enters the
+admin key, sees the model ready, follows the engine's log, unloads and loads the model,
+reloads the config, and keeps screenshots at a desktop and a phone width. Without Chromium the
+test fails (scripts/setup installs it); it never skips.
+
+Plus, over plain HTTP: the page's headers (a strict CSP), and a non-admin key refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dxproxy.keys.store import create_key
+from tests.conftest import DxProcess, fake_model, start_dx
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Screenshots go here (CI keeps them as artifacts); by default under pytest's tmp_path.
+ARTIFACTS = os.environ.get("DX_TEST_ARTIFACTS")
+
+
+@pytest.fixture
+def dx(tmp_path: Path) -> Iterator[DxProcess]:
+    dx = start_dx(tmp_path, {"fake": fake_model()})
+    yield dx
+    dx.stop()
+
+
+def user_key(dx: DxProcess) -> str:
+    """A non-admin key, once the running server has read it."""
+    key, _ = create_key(dx.state_dir, "alice")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r = httpx.get(dx.url + "/api/tags", headers={"Authorization": f"Bearer {key}"})
+        if r.status_code == 200:
+            return key
+        time.sleep(0.2)
+    pytest.fail("the server did not read the new key within 15 s")
+
+
+def test_page_headers_and_admin_only(dx: DxProcess) -> None:
+    # The page and its two files are open (they hold no data), with a strict CSP.
+    page = httpx.get(dx.url + "/ui")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # No inline script or style: every script has a src, no on* handler, no style attribute.
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/ui/console.js" defer>']
+    assert not re.search(r"\son[a-z]+=|<style|\sstyle=", page.text)
+    assert dx.key not in page.text
+    for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+        r = httpx.get(f"{dx.url}/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        assert r.headers["content-security-policy"] == csp
+    # What the page reads and does: admin keys only.
+    user = {"Authorization": f"Bearer {user_key(dx)}"}
+    admin = dx.auth
+    calls = [("GET", "/admin/models?lines=0"), ("GET", "/admin/reload"),
+             ("GET", "/admin/replicas/fake%230/log"), ("POST", "/admin/models/fake/unload"),
+             ("POST", "/admin/models/fake/load"), ("POST", "/admin/reload"), ("GET", "/metrics")]
+    for method, path in calls:
+        assert httpx.request(method, dx.url + path).status_code == 401, path
+        refused = httpx.request(method, dx.url + path, headers=user)
+        assert refused.status_code == 403, path
+        assert "not an admin key" in refused.text
+    log = httpx.get(dx.url + "/admin/replicas/fake%230/log", headers=admin).json()
+    assert log["replica"] == "fake#0" and any("fake engine" in line for line in log["output"])
+    assert httpx.get(dx.url + "/admin/replicas/nope%230/log", headers=admin).status_code == 404
+    missing = httpx.post(dx.url + "/admin/models/nope/load", headers=admin)
+    assert missing.status_code == 404
+
+
+def browser(width: int, height: int):  # type: ignore[no-untyped-def]
+    """Headless Debian Chromium through Debian's chromedriver; missing ones fail the test."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            pytest.fail(f"{path} is missing: run scripts/setup (apt-get install chromium "
+                        "chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = Path(ARTIFACTS) if ARTIFACTS else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    driver = browser(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 20)
+
+        def state() -> str:
+            cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
+            return cells[0].get_attribute("data-state") or "" if cells else ""
+
+        def events() -> str:
+            return str(driver.find_element(By.ID, "events").text)
+
+        driver.get(dx.url + "/ui")
+        # A wrong key is refused and the login stays.
+        driver.find_element(By.ID, "key").send_keys("not-a-key")
+        driver.find_element(By.ID, "connect").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "401"))
+        driver.get_log("browser")  # the refused key's 401 is expected: drop it
+        assert driver.execute_script("return sessionStorage.getItem('dx-console-key')") is None
+
+        driver.find_element(By.ID, "key").clear()
+        driver.find_element(By.ID, "key").send_keys(dx.key)
+        driver.find_element(By.ID, "connect").click()
+        wait.until(lambda _: state() == "ready")
+        assert dx.key not in driver.current_url
+        stored = driver.execute_script("return sessionStorage.getItem('dx-console-key')")
+        assert stored == dx.key
+        row = driver.find_element(By.CSS_SELECTOR, "#models tr.replica")
+        assert "fake#0" in row.text and "0/" in row.text  # slots in use / capacity
+
+        # The engine's log, followed.
+        row.click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "log"), "fake engine starting"))
+        assert driver.find_element(By.ID, "log-title").text == "fake#0"
+        # A line the engine prints now shows up live, and its request fills the slot.
+        body = {"model": "fake", "messages": [{"role": "user", "content": "BUSY please"}],
+                "stream": True}  # the fake engine stalls a stream 4 s, saying so
+        busy = threading.Thread(target=httpx.post, args=(dx.url + "/api/chat",),
+                                kwargs={"json": body, "headers": dx.auth, "timeout": 30})
+        busy.start()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "log"), "busy for 4 s (as asked)"))
+        wait.until(ec.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#models td[data-label=slots]"), "1/1"))
+        busy.join()
+
+        # Unload: the state changes, the event is listed; Load brings it back.
+        driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()
+        wait.until(lambda _: state() == "not loaded")
+        assert "fake:latest: unload done" in events()
+        driver.find_element(By.CSS_SELECTOR, "button[data-action=load]").click()
+        wait.until(lambda _: state() == "ready")
+        assert "fake:latest: load done" in events()
+
+        # Reload the config: the result shows.
+        driver.find_element(By.ID, "reload").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "reload-status"), "1 applied"))
+        wait.until(lambda _: "config reloaded" in events())
+        driver.save_screenshot(str(shots / "console-desktop.png"))
+
+        # A phone's width: the table folds into labelled rows; nothing overflows sideways.
+        driver.set_window_size(390, 844)
+        time.sleep(0.5)
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth > window.innerWidth + 1")
+        assert not overflow
+        driver.save_screenshot(str(shots / "console-phone.png"))
+
+        # No CSP violation or script error in the browser's console.
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
