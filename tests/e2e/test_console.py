@@ -19,10 +19,9 @@ import httpx
 import pytest
 
 from dxproxy.keys.store import create_key
+from tests.browser import browser
 from tests.conftest import DxProcess, fake_model, start_dx
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # Screenshots go here (CI keeps them as artifacts); by default under pytest's tmp_path.
 ARTIFACTS = os.environ.get("DX_TEST_ARTIFACTS")
 
@@ -81,24 +80,6 @@ def test_page_headers_and_admin_only(dx: DxProcess) -> None:
     assert missing.status_code == 404
 
 
-def browser(width: int, height: int):  # type: ignore[no-untyped-def]
-    """Headless Debian Chromium through Debian's chromedriver; missing ones fail the test."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not path.exists():
-            pytest.fail(f"{path} is missing: run scripts/setup (apt-get install chromium "
-                        "chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={width},{height}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-
-
 def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -149,6 +130,17 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         wait.until(ec.text_to_be_present_in_element(
             (By.CSS_SELECTOR, "#models td[data-label=slots]"), "1/1"))
         busy.join()
+
+        # The playground streams a reply from the model, with the admin key.
+        driver.find_element(By.ID, "play-prompt").send_keys("SLOW hello")
+        driver.find_element(By.ID, "play-send").click()
+        wait.until(lambda _: driver.find_element(By.ID, "play-out").text.startswith("Hello from"))
+        assert "done" not in driver.find_element(By.ID, "play-stats").text  # seen mid-stream
+        wait.until(ec.text_to_be_present_in_element((By.ID, "play-stats"), "done"))
+        streamed = driver.find_element(By.ID, "play-out").text
+        assert streamed == "Hello from the fake engine." * 34
+        chunks = int(driver.find_element(By.ID, "play-stats").text.split(" · ")[1].split()[0])
+        assert chunks == 6 * 34  # one per token: it streamed, not one answer at the end
 
         # Unload: the state changes, the event is listed; Load brings it back.
         driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()

@@ -19,6 +19,7 @@ const state = {
   lastLog: "",
   timer: null,
   metricsAt: 0,
+  playing: null,        // the playground's AbortController while a reply streams
 };
 
 function key() { return sessionStorage.getItem(KEY); }
@@ -107,6 +108,7 @@ async function tick() {
       const [models, reload] = await Promise.all([
         json("/admin/models?lines=0"), json("/admin/reload")]);
       renderModels(models.models);
+      fillModels(models.models);
       renderReload(reload);
       if (state.follow && state.replicas.has(state.follow)) await followLog();
       if (Date.now() - state.metricsAt >= METRICS_MS) {
@@ -297,6 +299,72 @@ async function reloadConfig() {
   }
 }
 
+// --- playground: a streamed chat to any model (OpenAI's API, with the admin key) ----------
+
+function fillModels(models) {
+  const select = $("play-model");
+  const names = models.map((m) => m.name);
+  const have = [...select.options].map((o) => o.value);
+  if (names.join("\n") === have.join("\n")) return;
+  const keep = select.value;
+  select.replaceChildren(...names.map((n) => { const o = el("option", n); o.value = n; return o; }));
+  if (names.includes(keep)) select.value = keep;
+}
+
+async function play() {
+  const model = $("play-model").value, prompt = $("play-prompt").value.trim();
+  if (!model || !prompt) return;
+  const out = $("play-out"), stats = $("play-stats");
+  out.textContent = "";
+  stats.textContent = "";
+  const abort = new AbortController();
+  state.playing = abort;
+  $("play-send").disabled = true;
+  $("play-stop").disabled = false;
+  const started = performance.now();
+  let first = null, chunks = 0;
+  try {
+    const res = await api("/v1/chat/completions", {
+      method: "POST", signal: abort.signal, headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, stream: true, messages: [{ role: "user", content: prompt }] }),
+    });
+    if (!res.ok) {
+      const body = await res.json().catch(() => ({}));
+      throw new Error(`${res.status}: ${(body.error && (body.error.message || body.error)) || res.statusText}`);
+    }
+    const reader = res.body.getReader(), decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, cut).trim();
+        buffer = buffer.slice(cut + 1);
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const delta = JSON.parse(data).choices?.[0]?.delta?.content;
+        if (delta) {
+          if (first === null) first = performance.now();
+          chunks += 1;
+          out.textContent += delta;
+        }
+      }
+    }
+    const total = (performance.now() - started) / 1000;
+    stats.textContent = `done · ${chunks} chunks · first token ${first ? ((first - started) / 1000).toFixed(2) : "–"} s · ${total.toFixed(2)} s`;
+  } catch (e) {
+    stats.textContent = abort.signal.aborted ? "stopped" : "error: " + e.message;
+    if (e.auth) { sessionStorage.removeItem(KEY); showLogin(e.message); }
+  } finally {
+    state.playing = null;
+    $("play-send").disabled = false;
+    $("play-stop").disabled = true;
+  }
+}
+
 // --- charts ----------------------------------------------------------------------------
 
 function push(series, value) {
@@ -335,6 +403,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (k) connect(k);
   });
   $("reload").addEventListener("click", reloadConfig);
+  $("play-form").addEventListener("submit", (ev) => { ev.preventDefault(); play(); });
+  $("play-stop").addEventListener("click", () => state.playing && state.playing.abort());
   $("forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); showLogin(); });
   document.addEventListener("visibilitychange", () => { if (!document.hidden && key()) tick(); });
   if (key()) connect(key()); else showLogin();
