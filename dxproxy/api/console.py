@@ -10,20 +10,28 @@ Admin endpoints (admin keys only, like all of /admin):
 - `POST /admin/models/{name}/load`: load now; answers once a replica serves.
 - `POST /admin/models/{name}/unload`: stop its engines; answers once they are stopped.
 - `GET /admin/replicas/{id}/log?lines=N`: one replica's last N engine output lines (200).
+- `GET /admin/keys`: the stored keys (names, scopes, expiry; never a key or its digest).
+- `POST /admin/keys/{name}/revoke`: as `dx keys revoke NAME` (and in Redis, where shared).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from dxproxy.config import ModelConfig
 from dxproxy.http.errors import ApiError, json_response
-from dxproxy.http.state import LIVE, LOADER, SUPERVISOR
+from dxproxy.http.state import API_KEY, LIVE, LOADER, SUPERVISOR
+from dxproxy.keys.limits import revoke_everywhere
+from dxproxy.keys.store import KeyRecord, KeyStoreError, read_store, revoke_key
 from dxproxy.models.catalog import display_name
 from dxproxy.routing.router import Unavailable
 
+log = logging.getLogger("dx.console")
 routes = web.RouteTableDef()
 
 STATIC = Path(__file__).with_name("console_static")
@@ -97,3 +105,49 @@ async def replica_log(request: web.Request) -> web.Response:
                 out = r.output(max(0, min(lines, MAX_LOG_LINES)))
                 return json_response({"replica": r.id, "state": str(r.state), "output": out})
     raise ApiError(404, f"no replica '{wanted}'")
+
+
+def _key(r: KeyRecord) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "prefix": r.prefix,
+        "admin": r.admin,
+        "models": list(r.models) if r.models is not None else None,
+        "rpm": r.rpm,
+        "tpm": r.tpm,
+        "concurrency": r.concurrency,
+        "created": r.created,
+        "expires": r.expires,
+    }
+
+
+@routes.get("/admin/keys")
+async def keys(request: web.Request) -> web.Response:
+    state_dir = request.app[LIVE].config.server.state_dir
+    try:
+        records = await asyncio.to_thread(read_store, state_dir)
+    except (KeyStoreError, OSError) as exc:
+        raise ApiError(500, f"cannot read the key store: {exc}") from None
+    return json_response({"keys": [_key(r) for r in records]})
+
+
+@routes.post("/admin/keys/{name}/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    config = request.app[LIVE].config
+    name = request.match_info["name"]
+    try:
+        gone = await asyncio.to_thread(revoke_key, config.server.state_dir, name)
+    except KeyStoreError as exc:
+        raise ApiError(404, str(exc)) from None
+    except OSError as exc:
+        raise ApiError(500, f"cannot write the key store: {exc}") from None
+    by = request.get(API_KEY)
+    log.info("key '%s' revoked through the admin API by '%s'", name, by.name if by else "?")
+    shared = False
+    if config.limits.redis_url:
+        try:
+            await revoke_everywhere(config.limits.redis_url, gone.digest)
+            shared = True
+        except Exception as exc:  # the local revocation stands; say what did not happen
+            log.warning("key '%s': could not record the revocation in Redis: %s", name, exc)
+    return json_response({"revoked": gone.name, "shared": shared})

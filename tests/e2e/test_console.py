@@ -67,12 +67,16 @@ def test_page_headers_and_admin_only(dx: DxProcess) -> None:
     admin = dx.auth
     calls = [("GET", "/admin/models?lines=0"), ("GET", "/admin/reload"),
              ("GET", "/admin/replicas/fake%230/log"), ("POST", "/admin/models/fake/unload"),
-             ("POST", "/admin/models/fake/load"), ("POST", "/admin/reload"), ("GET", "/metrics")]
+             ("POST", "/admin/models/fake/load"), ("POST", "/admin/reload"), ("GET", "/metrics"),
+             ("GET", "/admin/keys"), ("POST", "/admin/keys/alice/revoke")]
     for method, path in calls:
         assert httpx.request(method, dx.url + path).status_code == 401, path
         refused = httpx.request(method, dx.url + path, headers=user)
         assert refused.status_code == 403, path
         assert "not an admin key" in refused.text
+    listed = httpx.get(dx.url + "/admin/keys", headers=admin).json()["keys"]
+    assert [k["name"] for k in listed] == ["alice"] and "digest" not in listed[0]
+    assert user["Authorization"].split()[1] not in str(listed)
     log = httpx.get(dx.url + "/admin/replicas/fake%230/log", headers=admin).json()
     assert log["replica"] == "fake#0" and any("fake engine" in line for line in log["output"])
     assert httpx.get(dx.url + "/admin/replicas/nope%230/log", headers=admin).status_code == 404
@@ -87,9 +91,10 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
 
     shots = Path(ARTIFACTS) if ARTIFACTS else tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
+    alice = user_key(dx)
     driver = browser(1280, 900)
     try:
-        wait = WebDriverWait(driver, 20)
+        wait = WebDriverWait(driver, 30)
 
         def state() -> str:
             cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
@@ -135,12 +140,15 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         driver.find_element(By.ID, "play-prompt").send_keys("SLOW hello")
         driver.find_element(By.ID, "play-send").click()
         wait.until(lambda _: driver.find_element(By.ID, "play-out").text.startswith("Hello from"))
-        assert "done" not in driver.find_element(By.ID, "play-stats").text  # seen mid-stream
         wait.until(ec.text_to_be_present_in_element((By.ID, "play-stats"), "done"))
         streamed = driver.find_element(By.ID, "play-out").text
         assert streamed == "Hello from the fake engine." * 34
         chunks = int(driver.find_element(By.ID, "play-stats").text.split(" · ")[1].split()[0])
-        assert chunks == 6 * 34  # one per token: it streamed, not one answer at the end
+        assert chunks == 6 * 34  # one per token
+        # It streamed: the first token came long before the end (the engine takes about 4 s).
+        stats = driver.find_element(By.ID, "play-stats").text
+        first, total = re.findall(r"([\d.]+) s", stats)
+        assert float(first) < float(total) - 2, stats
 
         # Unload: the state changes, the event is listed; Load brings it back.
         driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()
@@ -156,6 +164,19 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         wait.until(lambda _: "config reloaded" in events())
         driver.save_screenshot(str(shots / "console-desktop.png"))
 
+        # Revoke a key: two clicks; the server refuses it at once.
+        revoke = "#keys tr[data-key=alice] button[data-action=revoke]"
+        driver.find_element(By.CSS_SELECTOR, revoke).click()
+        assert driver.find_element(By.CSS_SELECTOR, revoke).text == "Really revoke?"
+        driver.find_element(By.CSS_SELECTOR, revoke).click()
+        wait.until(lambda _: not driver.find_elements(By.CSS_SELECTOR, "#keys tr[data-key=alice]"))
+        assert "key alice: revoked" in events()
+        deadline = time.monotonic() + 10
+        while httpx.get(dx.url + "/api/tags", headers={"Authorization": f"Bearer {alice}"}
+                        ).status_code != 401:
+            assert time.monotonic() < deadline, "the revoked key still works after 10 s"
+            time.sleep(0.2)
+
         # A phone's width: the table folds into labelled rows; nothing overflows sideways.
         driver.set_window_size(390, 844)
         time.sleep(0.5)
@@ -164,6 +185,8 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         assert not overflow
         driver.save_screenshot(str(shots / "console-phone.png"))
 
+        # Every poll went through (an error there shows in the status line instead).
+        assert driver.find_element(By.ID, "status").text.startswith("live")
         # No CSP violation or script error in the browser's console.
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe

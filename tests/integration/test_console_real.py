@@ -36,12 +36,14 @@ def test_console_real_engine(dx_real: DxProcess) -> None:
         row.click()  # llama-server's own output, not DX's
         wait.until(ec.text_to_be_present_in_element((By.ID, "log"), "llama"))
 
+        driver.find_element(By.ID, "play-max").clear()
+        driver.find_element(By.ID, "play-max").send_keys("24")
         driver.find_element(By.ID, "play-prompt").send_keys("What is the capital of France?")
         driver.find_element(By.ID, "play-send").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "play-stats"), "done"))
         assert driver.find_element(By.ID, "play-out").text.strip()
         chunks = int(driver.find_element(By.ID, "play-stats").text.split(" · ")[1].split()[0])
-        assert chunks > 1
+        assert 1 < chunks <= 24
 
         driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()
         wait.until(lambda _: state() == "not loaded")

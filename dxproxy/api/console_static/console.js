@@ -7,6 +7,7 @@ const POLL_MS = 1500;     // models, reload status and the followed log
 const METRICS_MS = 5000;  // /metrics is bigger: tokens/s is read less often
 const POINTS = 120;       // chart history (about 3 minutes at POLL_MS)
 const LOG_LINES = 200;
+const KEYS_MS = 10000;     // the key list changes rarely
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -15,10 +16,14 @@ const state = {
   follow: null,         // replica id whose log is shown
   flight: [],           // requests in flight, one point per poll
   tokens: [],           // completion tokens/s, one point per metrics poll
+  ttft: [],             // mean time to first token of the requests in that interval
   lastTokens: null,     // [time, total] of the previous metrics poll
   lastLog: "",
   timer: null,
   metricsAt: 0,
+  keysAt: 0,
+  keysSig: "",
+  modelsSig: "",
   playing: null,        // the playground's AbortController while a reply streams
 };
 
@@ -111,6 +116,10 @@ async function tick() {
       fillModels(models.models);
       renderReload(reload);
       if (state.follow && state.replicas.has(state.follow)) await followLog();
+      if (Date.now() - state.keysAt >= KEYS_MS) {
+        state.keysAt = Date.now();
+        renderKeys((await json("/admin/keys")).keys);
+      }
       if (Date.now() - state.metricsAt >= METRICS_MS) {
         state.metricsAt = Date.now();
         await readMetrics();
@@ -126,6 +135,13 @@ async function tick() {
 
 function renderModels(models) {
   const body = $("models").tBodies[0];
+  const sig = JSON.stringify(models) + "|" + state.follow;
+  if (sig === state.modelsSig) {  // unchanged: no DOM work, only the chart moves on
+    push(state.flight, state.flight.at(-1) ?? 0);
+    chart($("chart-flight"), state.flight, "#2f5bd3");
+    return;
+  }
+  state.modelsSig = sig;
   const rows = [];
   let flight = 0;
   const seen = new Set();
@@ -222,17 +238,24 @@ async function readMetrics() {
   const res = await api("/metrics");
   if (!res.ok) return;
   const text = await res.text();
-  let total = 0;
+  // Sums over every label: completion tokens, and TTFT's histogram sum and count.
+  const sums = { dx_completion_tokens_total: 0, dx_time_to_first_token_seconds_sum: 0,
+                 dx_time_to_first_token_seconds_count: 0 };
   for (const line of text.split("\n")) {
-    if (line.startsWith("dx_completion_tokens_total")) total += parseFloat(line.split(" ").pop()) || 0;
+    const name = line.split(/[{ ]/, 1)[0];
+    if (name in sums) sums[name] += parseFloat(line.split(" ").pop()) || 0;
   }
   const now = Date.now() / 1000;
   if (state.lastTokens) {
-    const [t, n] = state.lastTokens;
-    push(state.tokens, Math.max(0, (total - n) / Math.max(0.001, now - t)));
+    const [t, old] = state.lastTokens;
+    const d = (k) => Math.max(0, sums[k] - old[k]);
+    push(state.tokens, d("dx_completion_tokens_total") / Math.max(0.001, now - t));
+    const n = d("dx_time_to_first_token_seconds_count");
+    push(state.ttft, n ? d("dx_time_to_first_token_seconds_sum") / n : 0);
     chart($("chart-tokens"), state.tokens, "#137333");
+    chart($("chart-ttft"), state.ttft, "#a05a00");
   }
-  state.lastTokens = [now, total];
+  state.lastTokens = [now, sums];
 }
 
 // --- the followed log ------------------------------------------------------------------
@@ -299,6 +322,57 @@ async function reloadConfig() {
   }
 }
 
+// --- keys ------------------------------------------------------------------------------
+
+function renderKeys(keys) {
+  const sig = JSON.stringify(keys);
+  if (sig === state.keysSig) return;  // unchanged: keep the rows (and an armed button)
+  state.keysSig = sig;
+  const rows = keys.map((k) => {
+    const tr = el("tr");
+    tr.dataset.key = k.name;
+    const cell = (label, text) => { const td = el("td", text); td.dataset.label = label; tr.append(td); return td; };
+    cell("name", k.name);
+    cell("starts with", k.prefix ? k.prefix + "…" : "");
+    cell("scope", (k.models ? k.models.join(", ") : "all models") + (k.admin ? " · admin" : ""));
+    cell("expires", k.expires ? new Date(k.expires * 1000).toLocaleString() : "never");
+    const b = el("button", "Revoke");
+    b.type = "button";
+    b.dataset.action = "revoke";
+    b.addEventListener("click", () => revokeKey(b, k.name));
+    cell("", "").append(b);
+    return tr;
+  });
+  if (!rows.length) {
+    const td = el("td", "no stored keys (dx keys create NAME)", "muted");
+    td.colSpan = 5;
+    rows.push(el("tr"));
+    rows[0].append(td);
+  }
+  $("keys").tBodies[0].replaceChildren(...rows);
+}
+
+async function revokeKey(button, name) {
+  // Two clicks: the first arms the button for 4 s, the second revokes.
+  if (button.dataset.armed !== "1") {
+    button.dataset.armed = "1";
+    button.textContent = "Really revoke?";
+    setTimeout(() => { button.dataset.armed = ""; button.textContent = "Revoke"; }, 4000);
+    return;
+  }
+  button.disabled = true;
+  try {
+    await json(`/admin/keys/${encodeURIComponent(name)}/revoke`, { method: "POST" });
+    event(`key ${name}: revoked`);
+  } catch (e) {
+    event(`key ${name}: revoke failed: ${e.message}`, "error");
+    if (e.auth) throw e;
+  }
+  state.keysAt = 0;
+  state.keysSig = "";
+  tick();
+}
+
 // --- playground: a streamed chat to any model (OpenAI's API, with the admin key) ----------
 
 function fillModels(models) {
@@ -326,7 +400,8 @@ async function play() {
   try {
     const res = await api("/v1/chat/completions", {
       method: "POST", signal: abort.signal, headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model, stream: true, messages: [{ role: "user", content: prompt }] }),
+      body: JSON.stringify({ model, stream: true, max_tokens: parseInt($("play-max").value, 10) || 256,
+                             messages: [{ role: "user", content: prompt }] }),
     });
     if (!res.ok) {
       const body = await res.json().catch(() => ({}));
@@ -382,7 +457,8 @@ function chart(canvas, series, color) {
   const max = Math.max(1, ...series);
   g.fillStyle = "#6b7280";
   g.font = "11px system-ui, sans-serif";
-  g.fillText(`max ${max.toFixed(max < 10 ? 1 : 0)} · now ${(series.at(-1) ?? 0).toFixed(1)}`, 4, 12);
+  const fmt = (v) => v.toFixed(v < 1 ? 2 : v < 10 ? 1 : 0);
+  g.fillText(`max ${fmt(max)} · now ${fmt(series.at(-1) ?? 0)}`, 4, 12);
   g.strokeStyle = color;
   g.lineWidth = 1.5;
   g.beginPath();
@@ -391,6 +467,7 @@ function chart(canvas, series, color) {
     const y = h - 2 - (v / max) * (h - 18);
     if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
   });
+  if (series.length === 1) g.lineTo(4, h - 2 - (series[0] / max) * (h - 18));  // a first point
   g.stroke();
 }
 
