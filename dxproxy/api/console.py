@@ -9,6 +9,7 @@ DX's own script, stylesheet and API (no inline script or style, no other origin,
 Admin endpoints (admin keys only, like all of /admin):
 - `POST /admin/models/{name}/load`: load now; answers once a replica serves.
 - `POST /admin/models/{name}/unload`: stop its engines; answers once they are stopped.
+- `POST /admin/models/{name}/sleep`: vLLM sleep mode now (409 if it cannot); load wakes it.
 - `GET /admin/replicas/{id}/log?lines=N`: one replica's last N engine output lines (200).
 - `GET /admin/keys`: the stored keys (names, scopes, expiry; never a key or its digest).
 - `POST /admin/keys/{name}/revoke`: as `dx keys revoke NAME` (and in Redis, where shared).
@@ -89,6 +90,18 @@ async def unload(request: web.Request) -> web.Response:
     model = _model(request)
     await request.app[LOADER].unload(model)
     return json_response({"model": display_name(model.name), "loaded": False})
+
+
+@routes.post("/admin/models/{name:.+}/sleep")
+async def sleep(request: web.Request) -> web.Response:
+    model = _model(request)
+    if not await request.app[LOADER].sleep(model):
+        raise ApiError(
+            409,
+            f"model '{display_name(model.name)}' cannot sleep now: it needs engine vllm with "
+            "sleep_mode: true, a serving replica, and no request on it",
+        )
+    return json_response({"model": display_name(model.name), "asleep": True})
 
 
 @routes.get("/admin/replicas/{id:.+}/log")

@@ -189,6 +189,14 @@ class Loader:
                 self._off.add(model.name)
             await self._apply()
 
+    async def sleep(self, model: ModelConfig) -> bool:
+        """Sleep now, as an expired keep-alive would (the console's Sleep button): False when
+        it cannot (no vLLM sleep mode, not serving, or requests on it). A request wakes it."""
+        if not self._can_sleep(model):
+            return False
+        async with self._lock:
+            return self._idle(model) and self.serving(model) and await self._sleep(model)
+
     async def run(self) -> None:
         """The loader's one task (runs until cancelled): loads what requests wait for, one
         model at a time, and unloads on-demand models idle past their keep-alive."""

@@ -85,6 +85,7 @@ def test_page_headers_and_admin_only(dx: DxProcess) -> None:
 
 
 def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -94,7 +95,7 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
     alice = user_key(dx)
     driver = browser(1280, 900)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
 
         def state() -> str:
             cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
@@ -151,6 +152,7 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         assert float(first) < float(total) - 2, stats
 
         # Unload: the state changes, the event is listed; Load brings it back.
+        assert not driver.find_elements(By.CSS_SELECTOR, "button[data-action=sleep]")  # llamacpp
         driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()
         wait.until(lambda _: state() == "not loaded")
         assert "fake:latest: unload done" in events()
@@ -192,3 +194,43 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         assert not severe, severe
     finally:
         driver.quit()
+
+
+def test_console_sleep_and_wake(tmp_path: Path) -> None:
+    """vLLM sleep mode (the fake engine speaks its dev API): Sleep, then Wake, from the page."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = fake_model(engine="vllm", sleep_mode=True, engine_args=["--wake-delay", "0.5"])
+    dx = start_dx(tmp_path, {"sleepy": model})
+    driver = browser(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
+
+        def state() -> str:
+            cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
+            return (cells[0].get_attribute("data-state") or "") if cells else ""
+
+        driver.get(dx.url + "/ui")
+        driver.find_element(By.ID, "key").send_keys(dx.key)
+        driver.find_element(By.ID, "connect").click()
+        wait.until(lambda _: state() == "ready")
+        driver.find_element(By.CSS_SELECTOR, "button[data-action=sleep]").click()
+        wait.until(lambda _: state() == "sleeping")
+        events = driver.find_element(By.ID, "events").text
+        assert "sleepy:latest: sleep done" in events and "ready → sleeping" in events
+        wake = driver.find_element(By.CSS_SELECTOR, "button[data-action=load]")
+        assert wake.text == "Wake"
+        wake.click()
+        wait.until(lambda _: state() == "ready")
+        # Through the API: it sleeps again; asleep already, a second Sleep is refused, saying why.
+        r = httpx.post(dx.url + "/admin/models/sleepy/sleep", headers=dx.auth)
+        assert r.status_code == 200
+        r = httpx.post(dx.url + "/admin/models/sleepy/sleep", headers=dx.auth)
+        assert r.status_code == 409 and "cannot sleep now" in r.text
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
+        dx.stop()

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_console_real_engine(dx_real: DxProcess) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -20,7 +21,7 @@ def test_console_real_engine(dx_real: DxProcess) -> None:
     dx = dx_real
     driver = browser(1280, 900)
     try:
-        wait = WebDriverWait(driver, 60)
+        wait = WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])
 
         def state() -> str:
             cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")

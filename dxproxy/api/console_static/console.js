@@ -183,12 +183,21 @@ function renderModels(models) {
       const actions = cell("actions", "");
       if (i === 0) {
         const loaded = m.replicas.length > 0;
-        const b = el("button", loaded ? "Unload" : "Load");
-        b.type = "button";
-        b.dataset.action = loaded ? "unload" : "load";
-        b.dataset.model = m.name;
-        b.addEventListener("click", (ev) => { ev.stopPropagation(); act(b, m.name, b.dataset.action); });
-        actions.append(b);
+        const asleep = loaded && m.replicas.some((x) => x.state === "sleeping" || x.state === "waking");
+        const ready = m.replicas.some((x) => x.state === "ready");
+        const buttons = [];
+        if (!loaded) buttons.push(["load", "Load"]);
+        if (asleep) buttons.push(["load", "Wake"]);  // loading a sleeping model wakes it
+        if (ready && m.engine === "vllm") buttons.push(["sleep", "Sleep"]);
+        if (loaded) buttons.push(["unload", "Unload"]);
+        for (const [action, label] of buttons) {
+          const b = el("button", label);
+          b.type = "button";
+          b.dataset.action = action;
+          b.dataset.model = m.name;
+          b.addEventListener("click", (ev) => { ev.stopPropagation(); act(b, m.name, action); });
+          actions.append(b, " ");
+        }
       }
       rows.push(tr);
     });
