@@ -11,8 +11,10 @@ suite hard-codes (llama3.1, gpt-oss:20b, deepseek-r1:1.5b) are one DX model and 
 
 It exits 0 when every failure is one of EXPECTED, the tests a 135M-parameter model cannot pass
 (each with its reason); any other failure is a protocol failure and exits 1. Measured with
-langchain-ollama 1.1.0 / langchain-tests 1.1.6: 92 tests, 52 passed, 26 failed (all expected),
-11 skipped, 3 xfailed, in 2 min 15 s on 2 cores.
+langchain-ollama 1.1.0 / langchain-tests 1.1.6 against the embedded default (2026-12-07): 92
+tests, 51 passed, 27 failed (all expected once the 4 that send tools to the default's
+tool-less template were listed), 11 skipped, 3 xfailed, in 26 min 42 s on 2 cores held at load
+9 by other work (the earlier setup, a 4096 context and a tool template: 2 min 15 s unloaded).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from tests.conftest import smollm2_path, start_dx  # noqa: E402
 THINKING = "SmolLM2 is no thinking model: DX answers 400 does not support thinking, as Ollama"
 TOOLS = "the tiny model answers in prose instead of calling the tool"
 JSON = "the tiny model rambles inside a JSON string until the length limit, or misses a key"
+NO_TOOLS = ("the embedded default's SmolLM2 template has no tool syntax: 400 does not support "
+            "tools, as Ollama answers for smollm2 (--tools-template gives it one)")  # fmt: skip
 EXPECTED = {
     "test_chat_models::test_structured_output[function_calling]": TOOLS,
     "test_chat_models::test_structured_output[json_schema]": JSON,
@@ -53,6 +57,10 @@ EXPECTED = {
     "test_chat_models_reasoning::test_reasoning_content_round_trip[True-deepseek-r1:1.5b]":
         THINKING,
     "TestChatOllama::test_bind_runnables_as_tools": TOOLS,
+    "TestChatOllama::test_tool_message_histories_string_content": NO_TOOLS,
+    "TestChatOllama::test_tool_message_histories_list_content": NO_TOOLS,
+    "TestChatOllama::test_tool_message_error_status": NO_TOOLS,
+    "TestChatOllama::test_structured_few_shot_examples": NO_TOOLS,
     "TestChatOllama::test_structured_output[pydantic]": TOOLS,
     "TestChatOllama::test_structured_output_async[pydantic]": TOOLS,
     "TestChatOllama::test_structured_output_pydantic_2_v1": TOOLS,
