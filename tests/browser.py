@@ -29,3 +29,16 @@ def browser(width: int, height: int) -> Any:
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def console_errors(driver: Any) -> list[dict[str, Any]]:
+    """The browser console's errors (CSP violations, script errors, failed loads), less one
+    race the page expects: the followed replica's log answering 404 because the replica went
+    away (unloaded) between the page's two requests of one poll."""
+    return [
+        e
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE"
+        and not (e.get("source") == "network" and "/log?lines=" in e["message"]
+                 and "status of 404" in e["message"])
+    ]

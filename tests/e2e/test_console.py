@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from dxproxy.keys.store import create_key
-from tests.browser import browser
+from tests.browser import browser, console_errors
 from tests.conftest import DxProcess, fake_model, start_dx
 
 # Screenshots go here (CI keeps them as artifacts); by default under pytest's tmp_path.
@@ -62,6 +62,11 @@ def test_page_headers_and_admin_only(dx: DxProcess) -> None:
         r = httpx.get(f"{dx.url}/ui/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
         assert r.headers["content-security-policy"] == csp
+    # The door's guards apply to the page as to any path: a DNS-rebinding Host, a foreign Origin.
+    assert httpx.get(dx.url + "/ui", headers={"Host": "evil.example"}).status_code == 403
+    foreign = httpx.post(dx.url + "/admin/reload",
+                         headers={**dx.auth, "Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and "origin is not allowed" in foreign.text
     # What the page reads and does: admin keys only.
     user = {"Authorization": f"Bearer {user_key(dx)}"}
     admin = dx.auth
@@ -97,6 +102,10 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
     try:
         wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
 
+        def click(css: str) -> None:
+            """Clicks, again if the poll re-drew the row between finding and clicking."""
+            wait.until(lambda _: driver.find_element(By.CSS_SELECTOR, css).click() or True)
+
         def state() -> str:
             cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
             return cells[0].get_attribute("data-state") or "" if cells else ""
@@ -119,11 +128,12 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         assert dx.key not in driver.current_url
         stored = driver.execute_script("return sessionStorage.getItem('dx-console-key')")
         assert stored == dx.key
-        row = driver.find_element(By.CSS_SELECTOR, "#models tr.replica")
-        assert "fake#0" in row.text and "0/" in row.text  # slots in use / capacity
+        wait.until(lambda _: "0/1" in driver.find_element(By.CSS_SELECTOR, "#models tr.replica")
+                   .text)  # slots in use / capacity
+        assert "fake#0" in driver.find_element(By.CSS_SELECTOR, "#models tr.replica").text
 
         # The engine's log, followed.
-        row.click()
+        click("#models tr.replica")
         wait.until(ec.text_to_be_present_in_element((By.ID, "log"), "fake engine starting"))
         assert driver.find_element(By.ID, "log-title").text == "fake#0"
         # A line the engine prints now shows up live, and its request fills the slot.
@@ -153,10 +163,10 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
 
         # Unload: the state changes, the event is listed; Load brings it back.
         assert not driver.find_elements(By.CSS_SELECTOR, "button[data-action=sleep]")  # llamacpp
-        driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()
+        click("button[data-action=unload]")
         wait.until(lambda _: state() == "not loaded")
         assert "fake:latest: unload done" in events()
-        driver.find_element(By.CSS_SELECTOR, "button[data-action=load]").click()
+        click("button[data-action=load]")
         wait.until(lambda _: state() == "ready")
         assert "fake:latest: load done" in events()
 
@@ -168,9 +178,9 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
 
         # Revoke a key: two clicks; the server refuses it at once.
         revoke = "#keys tr[data-key=alice] button[data-action=revoke]"
-        driver.find_element(By.CSS_SELECTOR, revoke).click()
+        click(revoke)
         assert driver.find_element(By.CSS_SELECTOR, revoke).text == "Really revoke?"
-        driver.find_element(By.CSS_SELECTOR, revoke).click()
+        click(revoke)
         wait.until(lambda _: not driver.find_elements(By.CSS_SELECTOR, "#keys tr[data-key=alice]"))
         assert "key alice: revoked" in events()
         deadline = time.monotonic() + 10
@@ -185,12 +195,13 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         overflow = driver.execute_script(
             "return document.documentElement.scrollWidth > window.innerWidth + 1")
         assert not overflow
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "console-phone.png"))
 
         # Every poll went through (an error there shows in the status line instead).
         assert driver.find_element(By.ID, "status").text.startswith("live")
         # No CSP violation or script error in the browser's console.
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        severe = console_errors(driver)
         assert not severe, severe
     finally:
         driver.quit()
@@ -208,6 +219,10 @@ def test_console_sleep_and_wake(tmp_path: Path) -> None:
     try:
         wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
 
+        def click(css: str) -> None:
+            """Clicks, again if the poll re-drew the row between finding and clicking."""
+            wait.until(lambda _: driver.find_element(By.CSS_SELECTOR, css).click() or True)
+
         def state() -> str:
             cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
             return (cells[0].get_attribute("data-state") or "") if cells else ""
@@ -216,20 +231,20 @@ def test_console_sleep_and_wake(tmp_path: Path) -> None:
         driver.find_element(By.ID, "key").send_keys(dx.key)
         driver.find_element(By.ID, "connect").click()
         wait.until(lambda _: state() == "ready")
-        driver.find_element(By.CSS_SELECTOR, "button[data-action=sleep]").click()
+        click("button[data-action=sleep]")
         wait.until(lambda _: state() == "sleeping")
         events = driver.find_element(By.ID, "events").text
         assert "sleepy:latest: sleep done" in events and "ready → sleeping" in events
-        wake = driver.find_element(By.CSS_SELECTOR, "button[data-action=load]")
-        assert wake.text == "Wake"
-        wake.click()
+        wait.until(lambda _: driver.find_element(By.CSS_SELECTOR, "button[data-action=load]")
+                   .text == "Wake")
+        click("button[data-action=load]")
         wait.until(lambda _: state() == "ready")
         # Through the API: it sleeps again; asleep already, a second Sleep is refused, saying why.
         r = httpx.post(dx.url + "/admin/models/sleepy/sleep", headers=dx.auth)
         assert r.status_code == 200
         r = httpx.post(dx.url + "/admin/models/sleepy/sleep", headers=dx.auth)
         assert r.status_code == 409 and "cannot sleep now" in r.text
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        severe = console_errors(driver)
         assert not severe, severe
     finally:
         driver.quit()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser
+from tests.browser import browser, console_errors
 from tests.conftest import DxProcess
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,10 @@ def test_console_real_engine(dx_real: DxProcess) -> None:
     try:
         wait = WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])
 
+        def click(css: str) -> None:
+            """Clicks, again if the poll re-drew the row between finding and clicking."""
+            wait.until(lambda _: driver.find_element(By.CSS_SELECTOR, css).click() or True)
+
         def state() -> str:
             cells = driver.find_elements(By.CSS_SELECTOR, "#models td[data-label=state]")
             return (cells[0].get_attribute("data-state") or "") if cells else ""
@@ -31,10 +35,11 @@ def test_console_real_engine(dx_real: DxProcess) -> None:
         driver.find_element(By.ID, "key").send_keys(dx.key)
         driver.find_element(By.ID, "connect").click()
         wait.until(lambda _: state() == "ready")
-        row = driver.find_element(By.CSS_SELECTOR, "#models tr.replica")
-        assert "smollm2#0" in row.text and "cpus=" in row.text
+        wait.until(lambda _: "cpus=" in driver.find_element(By.CSS_SELECTOR, "#models tr.replica")
+                   .text)
+        assert "smollm2#0" in driver.find_element(By.CSS_SELECTOR, "#models tr.replica").text
 
-        row.click()  # llama-server's own output, not DX's
+        click("#models tr.replica")  # llama-server's own output, not DX's
         wait.until(ec.text_to_be_present_in_element((By.ID, "log"), "llama"))
 
         driver.find_element(By.ID, "play-max").clear()
@@ -46,12 +51,12 @@ def test_console_real_engine(dx_real: DxProcess) -> None:
         chunks = int(driver.find_element(By.ID, "play-stats").text.split(" · ")[1].split()[0])
         assert 1 < chunks <= 24
 
-        driver.find_element(By.CSS_SELECTOR, "button[data-action=unload]").click()
+        click("button[data-action=unload]")
         wait.until(lambda _: state() == "not loaded")
-        driver.find_element(By.CSS_SELECTOR, "button[data-action=load]").click()
+        click("button[data-action=load]")
         wait.until(lambda _: state() == "ready")
 
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        severe = console_errors(driver)
         assert not severe, severe
     finally:
         driver.quit()
