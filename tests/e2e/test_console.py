@@ -118,7 +118,14 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         driver.find_element(By.ID, "key").send_keys("not-a-key")
         driver.find_element(By.ID, "connect").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "401"))
-        driver.get_log("browser")  # the refused key's 401 is expected: drop it
+        # So is a valid key that is not an admin key.
+        driver.find_element(By.ID, "key").clear()
+        driver.find_element(By.ID, "key").send_keys(alice)
+        driver.find_element(By.ID, "connect").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "403"))
+        assert "not an admin key" in driver.find_element(By.ID, "login-error").text
+        assert driver.find_element(By.ID, "console").get_attribute("hidden") is not None
+        driver.get_log("browser")  # the refused keys' 401 and 403 are expected: drop them
         assert driver.execute_script("return sessionStorage.getItem('dx-console-key')") is None
 
         driver.find_element(By.ID, "key").clear()

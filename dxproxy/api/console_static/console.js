@@ -92,7 +92,7 @@ async function connect(k) {
     await json("/admin/models?lines=0");
   } catch (e) {
     sessionStorage.removeItem(KEY);
-    showLogin(e.auth ? "This key is not an admin key here (" + e.message + ")" : e.message);
+    showLogin(e.auth ? "This key is refused here (" + e.message + ")" : e.message);
     return;
   }
   $("login").hidden = true;
