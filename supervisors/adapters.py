@@ -138,6 +138,16 @@ class LlamaServer(EngineAdapter):
     def default_slots(self, spec: EngineSpec) -> int:
         return max(1, min(MAX_SLOTS, KV_TOKENS // max(spec.context, 1)))
 
+    def parallel(self, spec: EngineSpec) -> int:
+        slots = super().parallel(spec)
+        if spec.embeddings and spec.command is None and slots & (slots - 1):
+            # llama-server aborts at start (GGML_ASSERT ggml_can_mul_mat, while fitting its
+            # buffers) when it serves embeddings with a slot count that is not a power of
+            # two: measured with llama.cpp b11434, 3, 5, 6 and 12 slots abort, 1, 2, 4, 8
+            # and 16 start. The next power of two below is what it gets (the banner shows it).
+            return 1 << (slots.bit_length() - 1)
+        return slots
+
     def attention(self, launch: Launch) -> tuple[str, str]:
         """(flash attention, KV cache type). On GPUs: on and q8_0 (half the KV memory at the
         same speed; the DX seed's default). On CPU: what measured fastest here

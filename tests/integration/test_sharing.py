@@ -17,7 +17,7 @@ from tests.conftest import gemma_path, smollm2_path, start_dx
 
 pytestmark = pytest.mark.integration
 
-CLIENTS = 3  # per model
+CLIENTS = 4  # per model (the slots: a power of two, see supervisors/adapters.py)
 SECONDS = 12.0
 
 

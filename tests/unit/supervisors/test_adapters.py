@@ -44,14 +44,14 @@ def test_llama_server_fast_defaults_on_cpu() -> None:
 
 def test_llama_server_on_a_gpu_offloads_everything_and_quantizes_the_cache() -> None:
     spec = EngineSpec(name="q", kind="llama-server", model="/m/q.gguf", context=8192,
-                      program="/bin/ls", parallel=3, embeddings=True)
+                      program="/bin/ls", parallel=4, embeddings=True)
     adapter = ADAPTERS["llama-server"]
     gpu = Launch(1, "k", (1,))
     argv = adapter.argv(spec, gpu)
     assert flag(argv, "--n-gpu-layers") == "999"
     assert flag(argv, "--flash-attn") == "on"
     assert flag(argv, "--cache-type-k") == flag(argv, "--cache-type-v") == "q8_0"
-    assert flag(argv, "--parallel") == "3" and "--embeddings" in argv
+    assert flag(argv, "--parallel") == "4" and "--embeddings" in argv
     assert adapter.env(spec, gpu)["CUDA_VISIBLE_DEVICES"] == "1"
 
 
@@ -129,3 +129,16 @@ def test_custom_command_placeholders() -> None:
     assert adapter.argv(spec, CPU) == ["my-server", "-m", "/m.gguf", "--port", "4242", "-c",
                                        "512", "--key", "k3y", '--json={"a": 1}']
     assert adapter.parallel(spec) == 1  # an unknown engine: one at a time unless told
+
+
+def test_embedding_llama_server_gets_a_power_of_two_slots() -> None:
+    # llama.cpp (b11434) aborts at start serving embeddings with 3, 5, 6 or 12 slots.
+    server = ADAPTERS["llama-server"]
+    for asked, slots in [(1, 1), (2, 2), (3, 2), (6, 4), (12, 8), (16, 16)]:
+        spec = EngineSpec(name="m", kind="llama-server", model="m.gguf", parallel=asked,
+                          embeddings=True)
+        assert server.parallel(spec) == slots, asked
+        argv = server.argv(spec, CPU)
+        assert argv[argv.index("--parallel") + 1] == str(slots)
+    plain = EngineSpec(name="m", kind="llama-server", model="m.gguf", parallel=3)
+    assert server.parallel(plain) == 3  # no embeddings: as asked
