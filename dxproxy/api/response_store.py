@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from aiohttp import web
+
+from dxproxy.http.state import LIVE
 
 log = logging.getLogger("dx.responses")
 
@@ -108,17 +112,20 @@ class RedisStore:
         return bool(await self.client.delete(_PREFIX + response_id))
 
 
-# One store per app (its config's redis_url): the app is built elsewhere and frozen, so the
-# store is found here by the app's identity rather than set on it.
-_STORES: dict[int, tuple[str, ResponseStore]] = {}
+async def stored_responses(app: web.Application) -> AsyncIterator[None]:
+    """The app's store, for its life (a `cleanup_ctx`): in Redis when `limits.redis_url` is
+    set (shared by every DX behind one endpoint), else in memory. Like the limiter's
+    backend, it stays until a restart; Redis's connections are closed at shutdown."""
+    url = app[LIVE].config.limits.redis_url
+    store: MemoryStore | RedisStore = RedisStore(url) if url else MemoryStore()
+    log.info("stored responses: %s", "in Redis" if url else "in memory")
+    app[RESPONSES] = store
+    try:
+        yield
+    finally:
+        if isinstance(store, RedisStore):
+            await store.client.aclose()
 
 
-def store_for(app: object, redis_url: str | None) -> ResponseStore:
-    url = redis_url or ""
-    found = _STORES.get(id(app))
-    if found is None or found[0] != url:
-        store: ResponseStore = RedisStore(url) if url else MemoryStore()
-        _STORES[id(app)] = (url, store)
-        log.info("stored responses: %s", "in Redis" if url else "in memory")
-        return store
-    return found[1]
+# Here, not in dxproxy/http/state.py: the store is the API layer's, below which state.py sits.
+RESPONSES = web.AppKey("dx.responses", ResponseStore)

@@ -24,7 +24,7 @@ from dxproxy.api import chatcall
 from dxproxy.api.notes import note
 from dxproxy.api.ollama.request import jsonable, tools_payload
 from dxproxy.api.request import resolve_model
-from dxproxy.api.response_store import ResponseStore, Stored, store_for
+from dxproxy.api.response_store import RESPONSES, ResponseStore, Stored
 from dxproxy.api.schemas import ResponsesRequest, Tool, ToolFunction, decode
 from dxproxy.api.sse import EngineStreamError
 from dxproxy.config import ModelConfig
@@ -143,7 +143,7 @@ async def input_items(request: web.Request) -> web.Response:
 
 
 def _store(request: web.Request) -> ResponseStore:
-    return store_for(request.app, request.app[LIVE].config.limits.redis_url)
+    return request.app[RESPONSES]
 
 
 async def _stored(request: web.Request) -> Stored:

@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 
 from dxproxy.api import admin, anthropic, console, health, ollama, openai, responses
 from dxproxy.api.ollama import pull as ollama_pull
+from dxproxy.api.response_store import stored_responses
 from dxproxy.config import Config
 from dxproxy.http import metrics
 from dxproxy.http.access import Access
@@ -57,6 +58,7 @@ def make_app(
     ollama_pull.install(app)  # /api/pull of hf.co/... models: the pulls in progress
     app.add_routes(openai.routes)
     app.add_routes(responses.routes)  # OpenAI Responses (Codex), translated
+    app.cleanup_ctx.append(stored_responses)  # what previous_response_id refers to
     app.add_routes(anthropic.routes)  # Anthropic Messages (Claude Code), translated
     app.add_routes(admin.routes)  # /admin/*: admin keys only
     app.add_routes(console.routes)  # /ui (open, no data) and its /admin/* actions and logs
