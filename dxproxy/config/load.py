@@ -23,6 +23,11 @@ from dxproxy.config.gguf import GGUFError, read_metadata
 from dxproxy.config.schema import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_CONTEXT,
+    DEFAULT_EJECT_AFTER,
+    DEFAULT_EJECT_BACKOFF,
+    DEFAULT_EJECT_MAX,
+    DEFAULT_FLEET_REFRESH,
+    DEFAULT_FLEET_SLACK,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEP_ALIVE,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -39,18 +44,24 @@ from dxproxy.config.schema import (
     AuthConfig,
     Config,
     ConfigError,
+    FleetConfig,
+    FleetNode,
     KeyLimits,
     LimitsConfig,
     ModelConfig,
+    RemoteUpstream,
     ServerConfig,
     exposure_problems,
 )
 from dxproxy.config.units import parse_duration, parse_size
-from supervisors import parse_cpu_list
+from supervisors import GroupSpec, parse_cpu_list
+from supervisors.spec import GROUP_LAUNCHERS
 
 _ENGINE_NAMES = {"llama-server": "llamacpp"}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")  # Linux: at most 15 bytes, no / or space
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 PACKAGE_PREFIX = "package:"
 # Every llama-server model serves embeddings unless its config says `embeddings: false`, as
@@ -87,13 +98,49 @@ class _Reader:
         self.seen.add(key)
         if key not in self.data or self.data[key] is None:
             return default
-        value = self.interpolate(self.data[key], self.key(key))
+        raw = self.data[key]
+        value = self.interpolate(raw, self.key(key))
+        if kind in (int, float) and isinstance(value, str) and value != raw:
+            number = self.number(key, raw, value, kind)
+            if number is None:
+                return default
+            value = number
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             self.error(key, f"expected {_kind_name(kind)}, got {_describe(value)}")
             return default
         return value
+
+    def number(self, key: str, raw: str, value: str, kind: type) -> Any:
+        """A number read from an environment variable (`size: ${LWS_GROUP_SIZE}`): YAML
+        leaves `${...}` a string, and the variable's value is text. Returns `value`
+        unchanged (reported by the caller) when it is no number, with the variables named."""
+        try:
+            return kind(value.strip())
+        except ValueError:
+            names = ", ".join(f"${{{m.group(1)}}}" for m in _ENV_REF.finditer(raw))
+            self.error(
+                key,
+                f"expected {_kind_name(kind)}, got {value!r} from {names}: "
+                "set the variable to a number",
+            )
+            return None
+
+    def number(self, key: str, raw: str, value: str, kind: type) -> Any:
+        """A number read from an environment variable (`size: ${LWS_GROUP_SIZE}`): YAML
+        leaves `${...}` a string, and the variable's value is text. None (reported) when it
+        is no number, with the variables named."""
+        try:
+            return kind(value.strip())
+        except ValueError:
+            names = ", ".join(f"${{{m.group(1)}}}" for m in _ENV_REF.finditer(raw))
+            self.error(
+                key,
+                f"expected {_kind_name(kind)}, got {value!r} from {names}: "
+                "set the variable to a number",
+            )
+            return None
 
     def positive(self, key: str, kind: type[T], default: T) -> T:
         value = self.get(key, kind, default)
@@ -176,17 +223,20 @@ def load_config(
     server = _server(top, base_dir)
     auth = _auth(top)
     limits = _limits(top)
+    fleet = _fleet(top)
     raw_models = top.get("models", dict, {})
     models = [
         _model(name, spec, problems, env, base_dir) for name, spec in sorted(raw_models.items())
     ]
     top.finish()
+    _check_upstreams(models, fleet, problems)
     cfg = Config(
         source=source,
         server=server,
         auth=auth,
         limits=limits,
         models=tuple(models),
+        fleet=fleet,
         names=_names(models, problems),
     )
     problems.extend(exposure_problems(cfg))
@@ -286,6 +336,125 @@ def _limits(top: _Reader) -> LimitsConfig:
     return limits
 
 
+def _fleet(top: _Reader) -> FleetConfig | None:
+    """`fleet:`: this DX is a gateway to the nodes listed (dxproxy/fleet)."""
+    if top.data.get("fleet") is None:
+        top.seen.add("fleet")
+        return None
+    f = _section(top, "fleet")
+    nodes = []
+    for i, raw in enumerate(f.get("nodes", list, [])):
+        n = _Reader(raw, f"{f.key('nodes')}[{i}]", f.problems, f.env)
+        url = n.get("url", str, "") or None
+        dns = n.get("dns", str, "") or None
+        port = n.get("port", int, DEFAULT_PORT)
+        if (url is None) == (dns is None):
+            n.error("", "expected either url: (http://host:port) or dns: (a name) with port:")
+        if url is not None:
+            if not re.match(r"^https?://[^/\s]+/?$", url):
+                n.error("url", f"expected http://host:port or https://host:port, got {url!r}")
+            if "port" in n.data:
+                n.error("port", "only with dns:; a url carries its own port")
+        if not 0 < port < 65536:
+            n.error("port", f"expected a port number from 1 to 65535, got {port}")
+        n.finish()
+        nodes.append(FleetNode(url=url.rstrip("/") if url else None, dns=dns, port=port))
+    fleet = FleetConfig(
+        nodes=tuple(nodes),
+        refresh=f.duration("refresh", DEFAULT_FLEET_REFRESH),
+        node_key=f.get("node_key", str, "") or None,
+        slack=f.get("slack", float, DEFAULT_FLEET_SLACK),
+        eject_after=f.positive("eject_after", int, DEFAULT_EJECT_AFTER),
+        eject_backoff=f.duration("eject_backoff", DEFAULT_EJECT_BACKOFF),
+        eject_max=f.duration("eject_max", DEFAULT_EJECT_MAX),
+    )
+    if fleet.slack < 0:
+        f.error(
+            "slack",
+            f"expected a number of 0 or more (0.25: 25 % above the mean), got {fleet.slack}",
+        )
+    if fleet.node_key is not None and len(fleet.node_key) < 16:
+        f.error(
+            "node_key",
+            "expected an API key of at least 16 characters (the nodes list it in auth.keys)",
+        )
+    if fleet.eject_max < fleet.eject_backoff:
+        f.error("eject_max", "expected at least eject_backoff")
+    f.finish()
+    return fleet
+
+
+def _upstream(r: _Reader) -> Literal["fleet"] | RemoteUpstream | None:
+    """`upstream: fleet` or `upstream: {url, api_key, model}`."""
+    r.seen.add("upstream")
+    raw = r.data.get("upstream")
+    if raw is None:
+        return None
+    if raw == "fleet":
+        return "fleet"
+    if not isinstance(raw, dict):
+        r.error("upstream", f"expected fleet or a mapping {{url, api_key}}, got {_describe(raw)}")
+        return None
+    u = _Reader(raw, r.key("upstream"), r.problems, r.env)
+    url = u.get("url", str, "")
+    if not re.match(r"^https?://[^\s]+$", url):
+        u.error(
+            "url",
+            f"required: the endpoint's base URL, e.g. https://api.example.com/v1; got {url!r}",
+        )
+    upstream = RemoteUpstream(
+        url=url.rstrip("/"),
+        api_key=u.get("api_key", str, "") or None,
+        model=u.get("model", str, "") or None,
+    )
+    u.finish()
+    return upstream
+
+
+def _check_upstreams(
+    models: list[ModelConfig], fleet: FleetConfig | None, problems: list[str]
+) -> None:
+    """`upstream: fleet` needs a fleet; `fallbacks` name models that exist, with no cycle."""
+    by_name = {m.name.lower(): m for m in models}
+    for m in models:
+        if m.upstream == "fleet" and fleet is None:
+            problems.append(
+                f"models.{m.name}.upstream: fleet needs a fleet: section (fleet.nodes) "
+                "naming the nodes that serve it"
+            )
+        for i, name in enumerate(m.fallbacks):
+            target = by_name.get(name.lower())
+            if target is None:
+                known = ", ".join(sorted(x.name for x in models))
+                problems.append(
+                    f"models.{m.name}.fallbacks[{i}]: no model named {name!r} (models: {known})"
+                )
+            elif target is m:
+                problems.append(
+                    f"models.{m.name}.fallbacks[{i}]: a model cannot fall back to itself"
+                )
+    # A cycle: following fallbacks from a model comes back to it.
+    for m in models:
+        seen: list[str] = [m.name]
+        todo = [(m, [m.name])]
+        while todo:
+            cur, trail = todo.pop()
+            for name in cur.fallbacks:
+                nxt = by_name.get(name.lower())
+                if nxt is None or nxt is cur:
+                    continue
+                if nxt is m:
+                    problems.append(
+                        f"models.{m.name}.fallbacks: a cycle ({' -> '.join([*trail, m.name])}); "
+                        "a fallback may not lead back to the model"
+                    )
+                    todo = []
+                    break
+                if nxt.name not in seen:
+                    seen.append(nxt.name)
+                    todo.append((nxt, [*trail, nxt.name]))
+
+
 def _names(models: list[ModelConfig], problems: list[str]) -> dict[str, str]:
     """Every accepted spelling (lower-case name, alias) -> the model's name."""
     names: dict[str, str] = {}
@@ -322,6 +491,11 @@ def _model(
     if not _NAME.match(name):
         r.error("", "a model name uses letters, digits and . _ / - with an optional ':tag'")
 
+    upstream = _upstream(r)
+    fallbacks = r.strings("fallbacks")
+    if upstream is not None:
+        return _remote_model(name, r, upstream, fallbacks)
+
     engine = r.get("engine", str, "")
     engine = _ENGINE_NAMES.get(engine, engine)
     if engine not in ENGINE_KINDS:
@@ -329,7 +503,11 @@ def _model(
 
     model = r.get("model", str, "")
     if not model:
-        r.error("model", "required: a GGUF file, a Hugging Face folder or id, or package:PKG/FILE")
+        r.error(
+            "model",
+            "required: a GGUF file, a Hugging Face folder or id, or package:PKG/FILE "
+            "(or upstream: fleet / upstream: {url: ...} for a model served elsewhere)",
+        )
     elif engine in ENGINE_KINDS:  # how to read `model` depends on the engine
         model = _resolve_model(model, engine, base_dir, r)
 
@@ -384,6 +562,7 @@ def _model(
         args=args,
         env=tuple(env_pairs),
         startup_timeout=r.duration("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
+        group=_group(r, engine, command),
         sleep_mode=r.get("sleep_mode", bool, False),
         embeddings=embeddings,
         pooling=pooling,
@@ -391,9 +570,49 @@ def _model(
         load=_load_policy(r),
         keep_alive=_keep_alive(r),
         memory=_size(r, "memory"),
+        fallbacks=fallbacks,
     )
+    if m.group is not None and m.replicas != 1:
+        r.error("replicas", "a model with group: runs one engine per node; leave replicas at 1")
+    if m.group is not None and m.load != "start":
+        r.error("load", "a model with group: starts with DX (its members must all be up)")
     if m.sleep_mode and m.engine != "vllm":
         r.error("sleep_mode", "only vLLM can sleep; other engines are stopped when idle")
+    r.finish()
+    return m
+
+
+# What a model served elsewhere may still say: the rest belongs to the engine that serves it.
+_REMOTE_KEYS = ("aliases", "context", "affinity")
+
+
+def _remote_model(
+    name: str,
+    r: _Reader,
+    upstream: Literal["fleet"] | RemoteUpstream,
+    fallbacks: tuple[str, ...],
+) -> ModelConfig:
+    """A model no engine of this DX serves: `upstream: fleet` or one OpenAI endpoint."""
+    for key in r.data:
+        if key not in (*_REMOTE_KEYS, "upstream", "fallbacks"):
+            r.seen.add(str(key))
+            r.error(
+                str(key),
+                "a model with upstream: is served elsewhere; only "
+                f"{', '.join(_REMOTE_KEYS)} and fallbacks may be set here",
+            )
+    m = ModelConfig(
+        name=name,
+        engine="llamacpp",  # unused: no engine runs here (ModelConfig.remote)
+        model="",
+        aliases=tuple(
+            a[: -len(":latest")] if a.endswith(":latest") else a for a in r.strings("aliases")
+        ),
+        context=r.positive("context", int, DEFAULT_CONTEXT),
+        affinity=r.get("affinity", bool, True),
+        upstream=upstream,
+        fallbacks=fallbacks,
+    )
     r.finish()
     return m
 
@@ -440,6 +659,60 @@ def _keep_alive(r: _Reader) -> float:
         r.error("keep_alive", f"expected a duration like '5m', 0 or -1 (forever), got {raw!r}")
         return DEFAULT_KEEP_ALIVE
     return seconds
+
+
+def _group(r: _Reader, engine: str, command: tuple[str, ...] | None) -> GroupSpec | None:
+    """`group:`: this node's place in one model spread over several machines
+    (supervisors/group.py). Integers may come from the environment, as LeaderWorkerSet sets
+    them: `rank: ${LWS_WORKER_INDEX}`, `size: ${LWS_GROUP_SIZE}`."""
+    r.seen.add("group")
+    if r.data.get("group") is None:
+        return None
+    g = _Reader(r.data["group"], r.key("group"), r.problems, r.env)
+    if not isinstance(r.data["group"], dict):
+        return None  # _Reader said so
+    size = g.get("size", int, 0)
+    rank = g.get("rank", int, -1)
+    leader = g.get("leader", str, "")
+    launcher = g.get("launcher", str, "vllm")
+    interface = g.get("interface", str, "") or None
+    port = g.get("port", int, 0) or None
+    if "size" not in g.data:
+        g.error("size", "required: how many machines (DX nodes) the model spans")
+    elif size < 1:
+        g.error("size", f"expected 1 or more machines, got {size}")
+    if "rank" not in g.data:
+        g.error("rank", "required: this node's place in the group, 0 (the leader) to size - 1")
+    elif size >= 1 and not 0 <= rank < size:
+        g.error("rank", f"expected 0 to {size - 1} (size is {size}), got {rank}")
+    if not leader:
+        g.error("leader", "required: the leader's (rank 0's) host name or address")
+    elif not _HOST.match(leader):
+        try:
+            ipaddress.ip_address(leader)
+        except ValueError:
+            g.error("leader", f"expected a host name or an IP address, got {leader!r}")
+    if launcher not in GROUP_LAUNCHERS:
+        g.error("launcher", f"expected one of {', '.join(GROUP_LAUNCHERS)}; got {launcher!r}")
+        launcher = "vllm"
+    if interface is not None and not _IFNAME.match(interface):
+        g.error("interface", f"expected a network interface name like eth1, got {interface!r}")
+    if port is not None and not 0 < port < 65536:
+        g.error("port", f"expected a port number from 1 to 65535, got {port}")
+    if engine != "vllm" and command is None:
+        r.error(
+            "group",
+            f"only for engine: vllm (or an engine with command:); {engine} runs on one machine",
+        )
+    g.finish()
+    return GroupSpec(
+        size=max(size, 1),
+        rank=max(rank, 0),
+        leader=leader,
+        launcher=launcher,  # type: ignore[arg-type]
+        interface=interface,
+        port=port,
+    )
 
 
 def _gpus(r: _Reader) -> tuple[tuple[int, ...], int]:

@@ -39,6 +39,11 @@ DEFAULT_KEEPALIVE_TIMEOUT = 75.0
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
 DEFAULT_MAX_AUTH_FAILURES = 10
+DEFAULT_FLEET_REFRESH = 5.0
+DEFAULT_FLEET_SLACK = 0.25  # bounded load: a home node takes up to (1 + slack) x mean + 1
+DEFAULT_EJECT_AFTER = 3  # failures in a row before a node is ejected
+DEFAULT_EJECT_BACKOFF = 1.0  # seconds of the first ejection; each next one doubles
+DEFAULT_EJECT_MAX = 60.0
 
 
 class ConfigError(Exception):
@@ -121,6 +126,41 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetNode:
+    """One `fleet.nodes` entry: a node's URL, or a DNS name whose every A/AAAA record is a
+    node (re-resolved every `fleet.refresh`), reached on `port`."""
+
+    url: str | None = None
+    dns: str | None = None
+    port: int = DEFAULT_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """A gateway's fleet (dxproxy/fleet): its nodes, how often they are re-read, the key sent to
+    them, the bounded-load slack and the ejection policy."""
+
+    nodes: tuple[FleetNode, ...] = ()
+    refresh: float = DEFAULT_FLEET_REFRESH
+    node_key: str | None = None  # sent as Bearer to nodes; nodes list it in auth.keys
+    slack: float = DEFAULT_FLEET_SLACK
+    eject_after: int = DEFAULT_EJECT_AFTER
+    eject_backoff: float = DEFAULT_EJECT_BACKOFF
+    eject_max: float = DEFAULT_EJECT_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteUpstream:
+    """`upstream: {url, api_key}`: any OpenAI-compatible endpoint (`url` ends before
+    /chat/completions, e.g. https://api.example.com/v1). `model` is its name there (default:
+    the model's own name)."""
+
+    url: str
+    api_key: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     engine: EngineKind
@@ -147,6 +187,16 @@ class ModelConfig:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # on_demand: idle seconds before unloading; <0 never
     # Bytes one replica needs; None = estimated (dxproxy/models/memory.py).
     memory: int | None = None
+    # Served elsewhere: "fleet" (the nodes whose state lists it) or one OpenAI endpoint; None:
+    # by engines DX runs itself (then engine and model are required).
+    upstream: Literal["fleet"] | RemoteUpstream | None = None
+    # Models tried, in order, when this one cannot serve a request (before any byte is sent).
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def remote(self) -> bool:
+        """Served by no engine of this DX (the supervisor and loader leave it alone)."""
+        return self.upstream is not None
 
     @property
     def device(self) -> str:
@@ -186,6 +236,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     models: tuple[ModelConfig, ...] = ()
+    fleet: FleetConfig | None = None  # set: this DX is a gateway (dxproxy/fleet)
     # Derived: every accepted spelling (lower-case name, alias, "name:latest") -> model name.
     names: Mapping[str, str] = field(default_factory=dict)
 

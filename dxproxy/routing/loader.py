@@ -99,7 +99,8 @@ class Loader:
         for gone in [n for n in self._on if n not in names]:  # removed from the config
             del self._on[gone]
         self._off &= names
-        return [m.spec() for m in config.models if self.running(m)]
+        # A model with `upstream:` is served elsewhere: no engine here.
+        return [m.spec() for m in config.models if not m.remote and self.running(m)]
 
     def expires_at(self, model: ModelConfig) -> float | None:
         """Unix time the model unloads if it stays idle; None: it stays loaded."""
