@@ -21,19 +21,21 @@ from supervisors.gpus import Gpu, Inventory, read_gpus
 from supervisors.logs import log_file_name
 from supervisors.placement import PlacementError, place
 from supervisors.process import TAIL_LINES, Replica
-from supervisors.spec import EngineKind, EngineSpec, device_label
+from supervisors.spec import GROUP_LAUNCHERS, EngineKind, EngineSpec, GroupSpec, device_label
 from supervisors.states import ASLEEP, EngineState, StateChange
 from supervisors.supervisor import Supervisor
 
 __all__ = [
     "ADAPTERS",
     "ASLEEP",
+    "GROUP_LAUNCHERS",
     "TAIL_LINES",
     "CpuShare",
     "EngineKind",
     "EngineSpec",
     "EngineState",
     "Gpu",
+    "GroupSpec",
     "Inventory",
     "PlacementError",
     "Replica",

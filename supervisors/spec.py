@@ -13,6 +13,39 @@ from typing import Literal, get_args
 # vllm: vLLM's OpenAI server (continuous batching, tensor parallel over several GPUs).
 EngineKind = Literal["llama-server", "llama-cpp-python", "vllm"]
 ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+# How a multi-node group forms: vLLM's own multiprocessing flags (--nnodes/--node-rank/
+# --master-addr, --headless on the workers), or a Ray cluster (`ray start` on each node, then
+# vLLM with --distributed-executor-backend ray on the leader).
+GroupLauncher = Literal["vllm", "ray"]
+GROUP_LAUNCHERS: tuple[str, ...] = get_args(GroupLauncher)
+# The rendezvous port when the config names none: vLLM's own --master-port default, Ray's GCS.
+DEFAULT_GROUP_PORTS: dict[str, int] = {"vllm": 29501, "ray": 6379}
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """This node's place in one model spread over `size` machines (one DX per machine, each
+    with the same model and its own `rank`). Rank 0, the leader, serves HTTP once every rank
+    has joined; the others run headless and get no requests."""
+
+    size: int
+    rank: int
+    leader: str  # the leader's host name or address, as every member reaches it
+    launcher: GroupLauncher = "vllm"
+    interface: str | None = None  # the NIC the members talk over (gloo, NCCL, vLLM)
+    port: int | None = None  # the rendezvous port; None: the launcher's default
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def master_port(self) -> int:
+        return self.port if self.port is not None else DEFAULT_GROUP_PORTS[self.launcher]
+
+    @property
+    def label(self) -> str:
+        return f"rank {self.rank} of {self.size}, leader {self.leader}:{self.master_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +69,7 @@ class EngineSpec:
     startup_timeout: float = 600.0
     sleep_mode: bool = False  # vLLM: allow sleeping (weights to CPU) instead of stopping
     embeddings: bool = False  # serve /v1/embeddings (llama.cpp needs a flag for it)
+    group: GroupSpec | None = None  # one model over several machines (supervisors/group.py)
 
     @property
     def device(self) -> str:

@@ -54,13 +54,13 @@ from dxproxy.config.schema import (
     exposure_problems,
 )
 from dxproxy.config.units import parse_duration, parse_size
-from supervisors import GroupSpec, parse_cpu_list
-from supervisors.spec import GROUP_LAUNCHERS
+from supervisors import GROUP_LAUNCHERS, GroupSpec, parse_cpu_list
 
 _ENGINE_NAMES = {"llama-server": "llamacpp"}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")  # RFC 1123 host name
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")  # Linux: at most 15 bytes, no / or space
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 PACKAGE_PREFIX = "package:"
@@ -111,21 +111,6 @@ class _Reader:
             self.error(key, f"expected {_kind_name(kind)}, got {_describe(value)}")
             return default
         return value
-
-    def number(self, key: str, raw: str, value: str, kind: type) -> Any:
-        """A number read from an environment variable (`size: ${LWS_GROUP_SIZE}`): YAML
-        leaves `${...}` a string, and the variable's value is text. Returns `value`
-        unchanged (reported by the caller) when it is no number, with the variables named."""
-        try:
-            return kind(value.strip())
-        except ValueError:
-            names = ", ".join(f"${{{m.group(1)}}}" for m in _ENV_REF.finditer(raw))
-            self.error(
-                key,
-                f"expected {_kind_name(kind)}, got {value!r} from {names}: "
-                "set the variable to a number",
-            )
-            return None
 
     def number(self, key: str, raw: str, value: str, kind: type) -> Any:
         """A number read from an environment variable (`size: ${LWS_GROUP_SIZE}`): YAML
@@ -215,6 +200,13 @@ def load_config(
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        if "${" in line and "{" in line.replace("${", ""):
+            # `{rank: ${R}}`: in a { } mapping YAML reads the variable's braces as its own.
+            problem += (
+                ' (inside { }, quote a variable: rank: "${VAR}"; or write the mapping one key '
+                "per line)"
+            )
         raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
 
     problems: list[str] = []
@@ -671,15 +663,17 @@ def _group(r: _Reader, engine: str, command: tuple[str, ...] | None) -> GroupSpe
     g = _Reader(r.data["group"], r.key("group"), r.problems, r.env)
     if not isinstance(r.data["group"], dict):
         return None  # _Reader said so
+    before = len(g.problems)
     size = g.get("size", int, 0)
+    read = len(g.problems) == before  # else the variable was no number: said already
     rank = g.get("rank", int, -1)
     leader = g.get("leader", str, "")
     launcher = g.get("launcher", str, "vllm")
     interface = g.get("interface", str, "") or None
-    port = g.get("port", int, 0) or None
+    port = g.get("port", int, 0) if "port" in g.data else None
     if "size" not in g.data:
         g.error("size", "required: how many machines (DX nodes) the model spans")
-    elif size < 1:
+    elif read and size < 1:
         g.error("size", f"expected 1 or more machines, got {size}")
     if "rank" not in g.data:
         g.error("rank", "required: this node's place in the group, 0 (the leader) to size - 1")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from supervisors import EngineKind as SpecKind
-from supervisors import EngineSpec, device_label
+from supervisors import EngineSpec, GroupSpec, device_label
 
 # `llamacpp` is native llama-server (parallel slots); `llama-cpp-python` the Python flavour
 # (one request at a time per process); `llama-server` is accepted as another name for llamacpp.
@@ -179,6 +179,8 @@ class ModelConfig:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     sleep_mode: bool = False  # vLLM: may sleep (weights to CPU RAM) instead of stopping
     embeddings: bool = False  # serve /api/embed and /v1/embeddings with this model
+    # One model over several machines: this node's rank in the group (supervisors/group.py).
+    group: GroupSpec | None = None
     # llama-server's --pooling, set by DX where embeddings are on and the model has no pooling
     # of its own (a chat model: llama.cpp's "none" serves no embeddings API); None: the model's
     pooling: str | None = None
@@ -226,6 +228,7 @@ class ModelConfig:
             startup_timeout=self.startup_timeout,
             sleep_mode=self.sleep_mode,
             embeddings=self.embeddings,
+            group=self.group,
         )
 
 

@@ -11,6 +11,7 @@ import supervisors
 
 PUBLIC = {
     "ADAPTERS",
+    "GROUP_LAUNCHERS",
     "ASLEEP",
     "CpuShare",
     "TAIL_LINES",
@@ -18,6 +19,7 @@ PUBLIC = {
     "EngineSpec",
     "EngineState",
     "Gpu",
+    "GroupSpec",
     "Inventory",
     "PlacementError",
     "Replica",
