@@ -39,7 +39,7 @@ FATE_WAIT = 1.0
 
 @dataclass(slots=True)
 class EngineCall:
-    replica: Replica
+    replica: Replica | None  # None: a remote upstream served it (dxproxy/api/fleet_call.py)
     response: aiohttp.ClientResponse
     queued_ns: int  # time spent waiting for a replica (Ollama's load_duration)
     sent_ns: int  # monotonic time the request went to the engine
@@ -61,6 +61,12 @@ async def call_engine(
     `early`, a wait of more than a moment (the model loads) starts the streamed reply and
     keeps it alive.
     """
+    if model.upstream is not None or model.fallbacks:  # served elsewhere, or with fallbacks
+        from dxproxy.api.fleet_call import routed  # (imports this module: on first use)
+
+        async with routed(request, model, path, payload, started_ns, early, call_engine) as call:
+            yield call
+        return
     stream = bool(payload.get("stream"))
     try:
         affinity = conversation_key(payload) if model.affinity and model.replicas > 1 else None

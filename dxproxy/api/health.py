@@ -19,7 +19,7 @@ from aiohttp import web
 from dxproxy.api.scrub import scrub_paths
 from dxproxy.config import Config, ModelConfig
 from dxproxy.http.errors import json_response
-from dxproxy.http.state import LIVE, SUPERVISOR
+from dxproxy.http.state import LIVE, ROUTER, SUPERVISOR
 from supervisors import ASLEEP, EngineState, Replica, Supervisor
 
 routes = web.RouteTableDef()
@@ -39,6 +39,9 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     supervisor = request.app.get(SUPERVISOR)
     body = readiness(request.app[LIVE].config, supervisor)
+    router = request.app.get(ROUTER)
+    if router is not None and router.draining:  # SIGTERM: load balancers, look elsewhere
+        body["status"] = "draining"
     resp = json_response(body, 200 if body["status"] == "ready" else 503)
     resp.headers.update(NO_STORE)
     return resp
@@ -58,7 +61,7 @@ def readiness(config: Config, supervisor: Supervisor | None) -> dict[str, Any]:
     being stopped."""
     models: dict[str, dict[str, Any]] = {}
     for m in config.models:
-        if loads_at_start(m):
+        if loads_at_start(m) and not m.remote:  # a fleet or remote model: not this DX's
             replicas = supervisor.replicas(m.name) if supervisor is not None else []
             models[m.name] = model_state(replicas, m.replicas)
     states = {entry["state"] for entry in models.values()}

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from dxproxy.api import fleet_catalog
 from dxproxy.api.embeddings import embed, to_base64
 from dxproxy.api.engine import call_engine, stream_cut
 from dxproxy.api.request import read_json, resolve_model
@@ -40,6 +41,7 @@ async def models(request: web.Request) -> web.Response:
         {"id": m.name, "object": "model", "created": m.modified_unix, "owned_by": "dx"}
         for m in request.app[LIVE].catalog.models
     ]
+    data += fleet_catalog.openai_entries(request)  # a gateway: the fleet's models too
     return json_response({"object": "list", "data": data})
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from dxproxy.config import ModelConfig
 from dxproxy.http.errors import ApiError, dialect_of
-from dxproxy.http.state import LIVE, MODEL
+from dxproxy.http.state import GATEWAY, LIVE, MODEL
 from dxproxy.models.catalog import display_name
 
 
@@ -33,6 +33,8 @@ def resolve_model(request: web.Request, name: Any) -> ModelConfig:
         raise ApiError(400, "model: expected a string", param="model")
     config = request.app[LIVE].config
     model = config.model(name)
+    if model is None and GATEWAY in request.app:  # a gateway: a model its fleet serves
+        model = request.app[GATEWAY].implicit(name)
     if model is None:
         available = ", ".join(display_name(m.name) for m in config.models) or "none"
         if dialect_of(request) == "openai":

@@ -28,6 +28,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from dxproxy.fleet.orca import FORMAT_HEADER
+from dxproxy.fleet.orca import HEADER as LOAD_HEADER
+from dxproxy.http.loadreport import load_report
 from dxproxy.http.metrics import Metrics
 from dxproxy.http.state import (
     API_KEY,
@@ -40,6 +43,9 @@ from dxproxy.http.state import (
     REQUEST_ID,
     USAGE,
 )
+
+# Names who served a response: a replica id here, or a gateway's node (and its replica).
+UPSTREAM_HEADER = "X-DX-Upstream"
 
 log = logging.getLogger("dx.access")
 
@@ -205,9 +211,17 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers["X-Request-ID"] = rid
+    # Who served it: the local replica, or (on a gateway) the node and its replica.
+    replica = request.get(REPLICA)
+    if replica is not None:
+        response.headers[UPSTREAM_HEADER] = replica
+    if FORMAT_HEADER in request.headers:  # a gateway (or Envoy) asks for this node's load
+        report = load_report(request)
+        if report is not None:
+            response.headers[LOAD_HEADER] = report
     # An engine's reply streamed as it is generated: its first write carries the first token.
     # The hook times that write, then deletes itself, so later chunks cost nothing.
-    if type(response) is web.StreamResponse and REPLICA in request:
+    if type(response) is web.StreamResponse and replica is not None:
         write = response.write
 
         async def first_write(data: bytes | bytearray | memoryview) -> None:

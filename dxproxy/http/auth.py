@@ -37,8 +37,9 @@ log = logging.getLogger("dx.auth")
 # console's static page (it holds no data; what it shows needs an admin key: api/console.py).
 OPEN_PATHS = frozenset({"/", "/health", "/ready", "/ui", "/ui/console.js", "/ui/console.css"})
 ADMIN_PREFIX = "/admin"
-# Admin keys only, like /admin, unless server.metrics_open makes them open paths.
-ADMIN_PATHS = frozenset({"/metrics"})
+# Admin keys only, like /admin (/metrics is open with server.metrics_open). /fleet/state is
+# for gateways: they send fleet.node_key, which a node lists in auth.keys (admin keys).
+ADMIN_PATHS = frozenset({"/metrics", "/fleet/state"})
 WHERE = (
     "the first key is in the dx state directory (file api-key); "
     "more are made with: dx keys create NAME"

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from dxproxy.keys.limits import Decision, Limiter
 from dxproxy.keys.store import KeyRecord
+from dxproxy.routing.gateway import Gateway
 from dxproxy.routing.live import Live
 from dxproxy.routing.loader import Loader
 from dxproxy.routing.router import Router
@@ -57,6 +58,7 @@ LOADER = web.AppKey("dx.loader", Loader)
 RELOADER: web.AppKey[Reloads] = web.AppKey("dx.reloader")
 LIMITER = web.AppKey("dx.limiter", Limiter)
 METRICS: web.AppKey[Metrics] = web.AppKey("dx.metrics")
+GATEWAY = web.AppKey("dx.gateway", Gateway)  # the fleet, with `fleet:` (dxproxy/routing/gateway.py)
 
 # -- on a request ------------------------------------------------------------------------------
 REQUEST_ID = web.RequestKey("dx.request_id", str)

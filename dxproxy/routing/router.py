@@ -51,6 +51,10 @@ class EngineDropped(Unavailable):
 
 RETRY_BUSY = 1.0  # seconds: Retry-After when the queue is full or the wait timed out
 RETRY_GAVE_UP = 60.0  # DX gave up restarting: nothing changes until the config does
+DRAINING = (
+    "this DX is shutting down (draining): it finishes the requests it has and takes no new "
+    "ones; send this one to another DX"
+)
 
 
 def retry_after(replicas: list[Replica]) -> float:
@@ -117,7 +121,24 @@ class Router:
         self._queues: dict[str, FairQueue] = {}
         # (model, conversation) -> the replica id that served it last.
         self._affinity: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        # Set by drain() (SIGTERM): no new work; requests holding a replica finish.
+        self.draining = False
         supervisor.subscribe(self._on_change)
+
+    def drain(self) -> None:
+        """Take no new work from now on: new requests and waiting ones get a 503 (a gateway
+        sends them to another node); those holding a replica finish."""
+        self.draining = True
+        why = Unavailable(DRAINING, retry_after=RETRY_BUSY)
+        for queue in self._queues.values():
+            while queue:
+                waiter = queue.pop()
+                if not waiter.future.done():
+                    waiter.future.set_exception(why)
+
+    def busy(self) -> int:
+        """Requests holding a replica now (what a drain waits for)."""
+        return sum(r.in_flight for r in self._supervisor.all_replicas())
 
     def waiting(self, model: str) -> int:
         queue = self._queues.get(model)
@@ -203,6 +224,8 @@ class Router:
     async def _wait_for_replica(
         self, model: str, affinity: str | None, key: str, notify: Notify | None = None
     ) -> Replica:
+        if self.draining:
+            raise Unavailable(DRAINING, retry_after=RETRY_BUSY)
         queue = self._queues.setdefault(model, FairQueue())
         if not queue:  # the fast path: no one waits before us
             replica = self._pick(model, affinity)

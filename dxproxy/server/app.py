@@ -13,7 +13,16 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from dxproxy.api import admin, anthropic, console, health, ollama, openai, responses
+from dxproxy.api import (
+    admin,
+    anthropic,
+    console,
+    fleet_node,
+    health,
+    ollama,
+    openai,
+    responses,
+)
 from dxproxy.api.ollama import pull as ollama_pull
 from dxproxy.api.response_store import stored_responses
 from dxproxy.config import Config
@@ -21,8 +30,18 @@ from dxproxy.http import metrics
 from dxproxy.http.access import Access
 from dxproxy.http.auth import Gate
 from dxproxy.http.errors import error_middleware
-from dxproxy.http.state import LIVE, LOADER, RELOADER, ROUTER, SESSION, SUPERVISOR, UPSTREAM
+from dxproxy.http.state import (
+    GATEWAY,
+    LIVE,
+    LOADER,
+    RELOADER,
+    ROUTER,
+    SESSION,
+    SUPERVISOR,
+    UPSTREAM,
+)
 from dxproxy.models.catalog import Catalog
+from dxproxy.routing.gateway import Gateway
 from dxproxy.routing.live import Live
 from dxproxy.routing.loader import Loader
 from dxproxy.routing.router import Router
@@ -63,6 +82,7 @@ def make_app(
     app.add_routes(admin.routes)  # /admin/*: admin keys only
     app.add_routes(console.routes)  # /ui (open, no data) and its /admin/* actions and logs
     app.add_routes(metrics.routes)  # /metrics: admin keys only, unless server.metrics_open
+    app.add_routes(fleet_node.routes)  # /fleet/state: what gateways poll (admin keys)
 
     async def engines(app: web.Application) -> AsyncIterator[None]:
         """The engine side: the connections to the engines (one pooled session), the
@@ -72,6 +92,7 @@ def make_app(
         # One session for every engine call: pooled keep-alive connections, no per-request
         # setup, and no request lost to a connection the engine closed (upstream.py).
         upstream = Upstream()
+        gateway = Gateway()  # the fleet's nodes, with a `fleet:` section
         supervisor = Supervisor(
             upstream.session,
             grace=config.server.shutdown_timeout,
@@ -86,21 +107,25 @@ def make_app(
         app[SUPERVISOR] = supervisor
         app[ROUTER] = router
         app[LOADER] = loader
+        app[GATEWAY] = gateway
         app[RELOADER] = Reloader(
             config_path,
             live=live,
             router=router,
             loader=loader,
             supervisor=supervisor,
-            hooks=[gate.update],  # a reloaded config's keys and limits apply at once
+            # A reloaded config's keys and limits apply at once; a new fleet: section too.
+            hooks=[gate.update, gateway.reapply],
             on_reloading=on_reloading,
             on_reloaded=on_reloaded,
         )
         turns = asyncio.create_task(loader.run())  # loads on demand, unloads idle models
+        await gateway.apply(config)  # its nodes polled once before the first request
         try:
             yield
         finally:
             turns.cancel()
+            await gateway.close()
             await supervisor.close()
             await upstream.close()
 

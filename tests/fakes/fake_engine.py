@@ -19,6 +19,10 @@ last user message inject faults:
 - ``TOOL``: answer with a streamed tool call ``get_weather({"city": "Paris"})``
 - ``THINK``: stream ``reasoning_content`` ("Let me think.") before the answer
 
+``--tag NAME`` tags every reply with the engine's identity: ``system_fingerprint`` in each
+chat chunk and answer (OpenAI's field for "which backend served this"), so a fleet test sees
+which node generated a reply through any number of hops.
+
 ``POST /v1/embeddings`` answers an unnormalised 8-number vector per input, derived from the
 text (the same text gives the same vector). Every request body is kept: ``GET /last`` returns
 the last one, so tests can check what DX asked the engine for.
@@ -70,8 +74,8 @@ last_body: dict[str, Any] = {}
 # "awake", "falling asleep", "asleep" or "waking": only "awake" may serve.
 sleep_state = {"now": "awake", "level": 0}
 dev_calls: list[dict[str, Any]] = []
-options = argparse.Namespace(sleep_delay=0.0, wake_delay=0.0, sleep_fails=False, wake_fails=False,
-                             close_after_stream=False, drop_reused=False)
+options = argparse.Namespace(tag=None, sleep_delay=0.0, wake_delay=0.0, sleep_fails=False,
+                             wake_fails=False, close_after_stream=False, drop_reused=False)
 
 
 @web.middleware
@@ -99,6 +103,8 @@ def _chunk(name: str, delta: dict[str, Any], finish: str | None = None,
         choice["logprobs"] = logprobs
     event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
              "model": name, "choices": [choice]}
+    if options.tag:
+        event["system_fingerprint"] = options.tag
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
@@ -262,9 +268,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 {"id": "call_fake1", "type": "function", "function": {
                     "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
             choice["finish_reason"] = "tool_calls"
-        return web.json_response({"id": "chatcmpl-fake", "object": "chat.completion",
-                                  "created": int(time.time()), "model": name,
-                                  "choices": [choice], "usage": usage})
+        answer = {"id": "chatcmpl-fake", "object": "chat.completion",
+                  "created": int(time.time()), "model": name, "choices": [choice], "usage": usage}
+        if options.tag:
+            answer["system_fingerprint"] = options.tag
+        return web.json_response(answer)
 
     stats["requests"] += 1
     stats["in_flight"] += 1
@@ -340,8 +348,9 @@ def main() -> None:
     parser.add_argument("--no-dev-mode", action="store_true")
     parser.add_argument("--close-after-stream", action="store_true")
     parser.add_argument("--drop-reused", action="store_true")
+    parser.add_argument("--tag", default=None)
     args, _ = parser.parse_known_args()
-    vars(options).update(sleep_delay=args.sleep_delay, wake_delay=args.wake_delay,
+    vars(options).update(tag=args.tag, sleep_delay=args.sleep_delay, wake_delay=args.wake_delay,
                          sleep_fails=args.sleep_fails, wake_fails=args.wake_fails,
                          close_after_stream=args.close_after_stream,
                          drop_reused=args.drop_reused)

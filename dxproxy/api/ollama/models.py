@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dxproxy.api import fleet_catalog
 from dxproxy.api.ollama import pull as hub_pull
 from dxproxy.api.ollama.reply import NDJSON
 from dxproxy.api.request import resolve_model
@@ -39,6 +40,7 @@ HOW_TO_ADD = (
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
     models = [m.tags_entry() for m in request.app[LIVE].catalog.models]
+    models += fleet_catalog.tags_entries(request)  # a gateway: the fleet's models too
     return json_response({"models": models})
 
 
@@ -108,6 +110,7 @@ async def ps(request: web.Request) -> web.Response:
                 "context_length": model.context,
             }
         )
+    models += fleet_catalog.ps_entries(request, forever)  # a gateway: what its nodes run
     return json_response({"models": models})
 
 
