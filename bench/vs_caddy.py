@@ -96,14 +96,15 @@ def caddyfile(port: int, engine_port: int) -> str:
 async def ask(
     proxy: Proxy, session: aiohttp.ClientSession, *, stream: bool, max_tokens: int
 ) -> Sample:
-    """One request; asked again, once, when a kept-alive connection was closed under it
-    (llama-server closes idle ones as a request is sent: docs/PERFORMANCE.md, issue 24), as
-    any client of that engine must. Counted in RETRIED."""
-    for attempt in (1, 2):
+    """One request; asked again when a kept-alive connection was closed under it (llama-server
+    closes idle ones as a request is sent: docs/PERFORMANCE.md, issue 24), as any client of
+    that engine must. Counted in RETRIED. Up to three times: after a pause, the next pooled
+    connection can be a closed one too."""
+    for attempt in (1, 2, 3, 4):
         try:
             return await proxy.target.ask(session, stream=stream, max_tokens=max_tokens)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if attempt == 2:
+            if attempt == 4:
                 raise BenchError(f"{proxy.target.label}: {exc!r}") from exc
             RETRIED[proxy.name] = RETRIED.get(proxy.name, 0) + 1
         except aiohttp.ClientError as exc:
