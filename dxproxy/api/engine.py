@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from dxproxy.api.fit import fit_chat, might_overflow
 from dxproxy.api.scrub import scrub_paths
 from dxproxy.config import ModelConfig
 from dxproxy.http.early import EarlyStream
@@ -78,6 +79,9 @@ async def call_engine(
         async with loader.hold(model, request.get(KEEP_ALIVE)) as ticket:
             await _with_notices(loader.wait(ticket), early)  # on demand: it loads now
             body = orjson.dumps(payload)
+            # A chat that might outgrow the context is counted (and trimmed) on the replica
+            # it is sent to, once: a second attempt sends what the first counted.
+            fit = path == "/v1/chat/completions" and might_overflow(model, payload)
             for attempt in (1, 2):
                 async with router.acquire(
                     model.name,
@@ -85,6 +89,10 @@ async def call_engine(
                     key.name if key else "",
                     notify=early.waiting if early else None,
                 ) as replica:
+                    if fit:
+                        fit = False
+                        payload = await fit_chat(request, model, replica, payload)
+                        body = orjson.dumps(payload)
                     sent_ns = time.monotonic_ns()
                     request[REPLICA] = replica.id
                     request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9

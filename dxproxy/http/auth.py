@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler
 from dxproxy.config import Config
 from dxproxy.http.door import Door, cors_headers
 from dxproxy.http.errors import error_response
-from dxproxy.http.state import API_KEY, CLIENT, DECISION, LIMITER, USAGE
+from dxproxy.http.state import API_KEY, CLIENT, DECISION, LIMITER, TRIMMED, USAGE
 from dxproxy.keys.limits import Decision, Limiter, make_limiter
 from dxproxy.keys.store import KeyRecord, KeyRing, KeyStoreError, anonymous, builtin_record
 
@@ -309,10 +309,15 @@ def may_use(config: Config, record: KeyRecord | None, model: str) -> bool:
 
 
 async def _gate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """One `on_response_prepare` hook (each costs an await per response): CORS, and
-    x-ratelimit-* on every limited response, streams included (they are prepared before the
-    handler ends, so a middleware could not add them afterwards)."""
+    """One `on_response_prepare` hook (each costs an await per response): CORS,
+    X-DX-Trimmed-* on a trimmed chat, and x-ratelimit-* on every limited response, streams
+    included (they are prepared before the handler ends, so a middleware could not add them
+    afterwards)."""
     cors_headers(request, response)
+    trimmed = request.get(TRIMMED)
+    if trimmed is not None:  # a chat that outgrew the context (dxproxy/api/fit.py)
+        response.headers["X-DX-Trimmed-Tokens"] = str(trimmed[0])
+        response.headers["X-DX-Trimmed-Messages"] = str(trimmed[1])
     decision: Decision | None = request.get(DECISION)
     if decision is not None:
         for name, value in decision.headers().items():

@@ -75,3 +75,5 @@ QUEUE_WAIT = web.RequestKey("dx.queue_wait", float)  # seconds spent waiting for
 FIRST_BYTE: web.RequestKey[float] = web.RequestKey("dx.first_byte")  # monotonic, first body byte
 USAGE: web.RequestKey[Usage] = web.RequestKey("dx.usage")  # tokens, as the engine counted
 EARLY: web.RequestKey[EarlyStream] = web.RequestKey("dx.early_stream")
+# A chat trimmed to fit its context (dxproxy/api/fit.py): (tokens, messages) dropped.
+TRIMMED = web.RequestKey("dx.trimmed", tuple[int, int])
