@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from supervisors.cpus import CpuShare, cpu_list
+from supervisors.group import group_env, placeholders, vllm_argv
 from supervisors.spec import EngineKind, EngineSpec
 
 LOOPBACK = "127.0.0.1"
@@ -79,6 +80,8 @@ class EngineAdapter:
         env["DX_ENGINE_API_KEY"] = launch.api_key  # for `command:` engines that want it
         if not spec.command:
             env[self.key_variable] = launch.api_key
+        if spec.group is not None:  # a member of a multi-node group (supervisors/group.py)
+            env.update(group_env(spec.group))
         env.update(self.engine_env(spec, launch))
         env.update(spec.env)
         return env
@@ -247,6 +250,12 @@ class Vllm(EngineAdapter):
     key_variable = "VLLM_API_KEY"
     default_parallel = 256  # the engine schedules; DX only caps what it sends at once
 
+    def argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
+        argv = super().argv(spec, launch)
+        if spec.group is not None and not spec.command:
+            return vllm_argv(spec.group, argv, spec.program)
+        return argv
+
     def engine_argv(self, spec: EngineSpec, launch: Launch) -> list[str]:
         argv = [
             spec.program or sys.executable,
@@ -305,7 +314,8 @@ ADAPTERS: dict[EngineKind, EngineAdapter] = {
 
 def substitute(command: tuple[str, ...], spec: EngineSpec, launch: Launch) -> list[str]:
     """An operator-given command line with {port}, {host}, {model}, {name}, {context},
-    {api_key} filled in. Plain replace, not str.format: engine args may hold JSON braces."""
+    {api_key} filled in, and a group member's {rank}, {size}, {leader}, {group_port}. Plain
+    replace, not str.format: engine args may hold JSON braces."""
     values = {
         "{port}": str(launch.port),
         "{host}": LOOPBACK,
@@ -313,6 +323,7 @@ def substitute(command: tuple[str, ...], spec: EngineSpec, launch: Launch) -> li
         "{name}": spec.name,
         "{context}": str(spec.context),
         "{api_key}": launch.api_key,
+        **placeholders(spec.group),
     }
     out = []
     for arg in command:

@@ -42,6 +42,7 @@ import psutil
 
 from supervisors.adapters import LOOPBACK, EngineAdapter, EngineNotFound, Launch
 from supervisors.cpus import CpuShare, set_affinity
+from supervisors.group import GroupError
 from supervisors.logs import LogFiles
 from supervisors.sleep import SleepMode
 from supervisors.spec import EngineSpec, device_label
@@ -73,6 +74,9 @@ FATES_KEPT = 8  # how the last engine processes ended, for requests that outlive
 OUTPUT_READ = 65536  # bytes of engine output read at once
 RING_LINES = 2000  # engine output lines kept in memory (the admin API shows them)
 PORT_RETRIES = 3  # another process took the port between DX choosing it and the engine
+# A group worker has no HTTP to probe: it is a `worker` once its process has lived this long
+# (a wrong flag or a missing model ends it sooner, reported as a failed start).
+WORKER_SETTLE = 1.0
 PR_SET_PDEATHSIG = 1
 _PORT_TAKEN = ("address already in use", "couldn't bind", "failed to bind", "errno 98")
 
@@ -229,6 +233,16 @@ class Replica(SleepMode):
         start: its callers get a 503 with the reason at once rather than wait out a backoff."""
         if self._stopping or self.gave_up:
             return False
+        group = self.spec.group
+        if (
+            group is not None
+            and self.state is not EngineState.READY
+            and (not group.is_leader or self.ended or self.restarts)
+        ):
+            # A worker never serves here. A group that lost a member restarts whole: every
+            # member's engine starts again and waits for the others (minutes for vLLM), so
+            # callers get a 503 with the reason at once rather than wait for it.
+            return False
         if self.state is EngineState.FAILED:
             return bool(self.ended)
         # A sleeping engine serves again once woken (the loader wakes it for a request).
@@ -294,6 +308,7 @@ class Replica(SleepMode):
         self.state = new
         if new in (
             EngineState.READY,
+            EngineState.WORKER,
             EngineState.SLEEPING,
             EngineState.FAILED,
             EngineState.STOPPED,
@@ -338,6 +353,7 @@ class Replica(SleepMode):
             EngineState.DRAINING,
             EngineState.SLEEPING,
             EngineState.WAKING,
+            EngineState.WORKER,
         ):
             self._set_state(EngineState.STOPPING, "stop requested")
         await self._kill()
@@ -462,7 +478,8 @@ class Replica(SleepMode):
         launch = Launch(self.port, self.api_key, self.gpus, self.cpu)
         try:
             argv = self.adapter.argv(self.spec, launch)
-        except EngineNotFound as exc:
+            env = self.adapter.env(self.spec, launch)
+        except (EngineNotFound, GroupError) as exc:
             raise EngineStartError(f"engine {self.id} cannot start: {exc}") from None
         shown = " ".join(argv).replace(self.api_key, "***")  # the key stays out of the logs
         log.info("%s: starting on %s: %s", self.id, self.device, shown)
@@ -475,7 +492,7 @@ class Replica(SleepMode):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                env=self.adapter.env(self.spec, launch),
+                env=env,
                 start_new_session=True,  # own process group: SIGTERM reaches its children
                 preexec_fn=_die_with_parent(os.getpid()),
             )
@@ -492,6 +509,10 @@ class Replica(SleepMode):
         reader.add_done_callback(lambda _: None)
         deadline = t0 + self.spec.startup_timeout
         url = self.base_url + self.adapter.ready_path
+        group = self.spec.group
+        if group is not None and not group.is_leader:
+            await self._settle_worker(reader, t0)
+            return
         while True:
             if self._proc.returncode is not None:
                 await asyncio.wait_for(reader, 2.0)  # collect its last words
@@ -515,6 +536,25 @@ class Replica(SleepMode):
         self.ended = ""
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
 
+    async def _settle_worker(self, reader: asyncio.Task[None], t0: float) -> None:
+        """A group worker: it serves nothing here, so it is a `worker` once its process
+        lives (the leader is ready only when it joined)."""
+        assert self._proc is not None and self.spec.group is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), WORKER_SETTLE)
+        if self._proc.returncode is not None:
+            await asyncio.wait_for(reader, 2.0)
+            raise EngineStartError(
+                self._explain(f"exited with code {self._proc.returncode} as a group worker")
+            )
+        self.ready_in = time.monotonic() - t0
+        self.error = ""
+        self.ended = ""
+        self._set_state(
+            EngineState.WORKER,
+            f"group worker, {self.spec.group.label}: serves through its leader",
+        )
+
     async def _watch(self) -> tuple[str, str]:
         """While ready (or asleep): wait for the engine to exit, to hang, or for a sleep or
         wake to leave it in doubt; say which ("exited" or "hung") and why."""
@@ -532,9 +572,17 @@ class Replica(SleepMode):
                     return_when=asyncio.FIRST_COMPLETED,  # an exit is seen at once
                 )
                 if exited in done:
-                    return "exited", f"exited unexpectedly with code {exited.result()}"
+                    why = f"exited unexpectedly with code {exited.result()}"
+                    if self.spec.group is not None:
+                        why += (
+                            f" ({self.spec.group.label}: a group restarts whole when a member "
+                            "leaves; every member starts again and waits for the others)"
+                        )
+                    return "exited", why
                 if done:
                     return "hung", self._wedged_why
+                if self.state is EngineState.WORKER:
+                    continue  # no HTTP to probe: its exit is all there is to see
                 # vLLM answers /health while asleep (it only checks that its engine core
                 # lives), so probing goes on; a crash while asleep is restarted as any other.
                 answer = await self._liveness(url)

@@ -19,6 +19,9 @@ class EngineState(StrEnum):
     # router, which sends only to `ready` replicas, cannot pick it while it falls asleep.
     SLEEPING = "sleeping"
     WAKING = "waking"  # /wake_up called; ready once the engine says it is awake
+    # A headless member (rank > 0) of a model spread over several machines: its process runs
+    # its share of the model for the group's leader, which alone serves HTTP. Never routed to.
+    WORKER = "worker"
 
 
 # Asleep for a request's purposes: it must be woken (`Supervisor.wake`) before it serves.
@@ -28,7 +31,9 @@ ASLEEP = frozenset({EngineState.SLEEPING, EngineState.WAKING})
 # Every allowed move. Anything else is a bug and raises, rather than being papered over.
 TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
     EngineState.STOPPED: frozenset({EngineState.STARTING}),
-    EngineState.STARTING: frozenset({EngineState.READY, EngineState.FAILED, EngineState.STOPPING}),
+    EngineState.STARTING: frozenset(
+        {EngineState.READY, EngineState.WORKER, EngineState.FAILED, EngineState.STOPPING}
+    ),
     EngineState.READY: frozenset(
         {EngineState.DRAINING, EngineState.STOPPING, EngineState.FAILED, EngineState.SLEEPING}
     ),
@@ -42,6 +47,7 @@ TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
         {EngineState.WAKING, EngineState.READY, EngineState.STOPPING, EngineState.FAILED}
     ),
     EngineState.WAKING: frozenset({EngineState.READY, EngineState.STOPPING, EngineState.FAILED}),
+    EngineState.WORKER: frozenset({EngineState.STOPPING, EngineState.FAILED}),
 }
 
 

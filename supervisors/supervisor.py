@@ -283,8 +283,11 @@ class Supervisor:
     async def _replace(self, spec: EngineSpec, inventory: Inventory) -> str:
         """Blue/green: the new group serves only once all of it is ready."""
         old = self._replicas.get(spec.name, [])
-        if not any(r.state is EngineState.READY for r in old):
-            # Nothing serves now (failed, or still starting): no reason to keep it.
+        before = self._specs.get(spec.name)
+        grouped = spec.group is not None or (before is not None and before.group is not None)
+        if grouped or not any(r.state is EngineState.READY for r in old):
+            # Nothing serves now (failed, or still starting): no reason to keep it. A
+            # multi-node group cannot have a second one beside it (its members, its ports).
             await self._retire(old, drain=False)
             self._start_group(spec, inventory)
             return ""

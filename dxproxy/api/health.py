@@ -65,7 +65,9 @@ def readiness(config: Config, supervisor: Supervisor | None) -> dict[str, Any]:
             replicas = supervisor.replicas(m.name) if supervisor is not None else []
             models[m.name] = model_state(replicas, m.replicas)
     states = {entry["state"] for entry in models.values()}
-    if states <= {"ready"}:
+    # A group worker does its part while its engine runs; it is never sent requests (the
+    # router picks only ready replicas), and its entry says so.
+    if states <= {"ready", "worker"}:
         status = "ready"
     elif states <= {"ready", "starting"}:
         status = "starting"
@@ -78,6 +80,15 @@ def model_state(replicas: list[Replica], wanted: int) -> dict[str, Any]:
     ready = sum(1 for r in replicas if r.state is EngineState.READY)
     entry: dict[str, Any] = {"state": "ready", "replicas_ready": ready, "replicas": wanted}
     if ready:
+        return entry
+    workers = [r for r in replicas if r.state is EngineState.WORKER]
+    if workers:
+        group = workers[0].spec.group
+        label = group.label if group is not None else ""
+        entry.update(
+            state="worker",
+            reason=f"group worker ({label}): the leader serves this model; not for traffic here",
+        )
         return entry
     failed = [r for r in replicas if r.state is EngineState.FAILED or r.gave_up]
     if failed:
@@ -95,7 +106,14 @@ def model_state(replicas: list[Replica], wanted: int) -> dict[str, Any]:
     elif not replicas:
         entry.update(state="starting", reason="not started yet")
     elif any(r.state is EngineState.STARTING for r in replicas):
-        entry.update(state="starting", reason="engine starting")
+        group = replicas[0].spec.group
+        if group is not None and group.size > 1:
+            why = f"engine starting; ready once all {group.size} group members joined"
+            if not group.is_leader:
+                why = f"group worker starting ({group.label})"
+            entry.update(state="starting", reason=why)
+        else:
+            entry.update(state="starting", reason="engine starting")
     else:  # draining or stopping: a shutdown, or a model being replaced
         states = ", ".join(sorted({str(r.state) for r in replicas}))
         entry.update(state="stopped", reason=f"engine {states}")

@@ -284,6 +284,13 @@ class Router:
     def _why_down(model: str, replicas: list[Replica]) -> str:
         if not replicas:
             return f"model '{model}' has no engine running"
+        worker = next((r for r in replicas if r.state is EngineState.WORKER), None)
+        if worker is not None and worker.spec.group is not None:
+            return (
+                f"model '{model}' is served by its group's leader, not by this node "
+                f"(this DX runs {worker.spec.group.label}, headless): send requests to the "
+                "leader's DX"
+            )
         failed = next((r for r in replicas if r.error), None)
         if failed is None:
             detail = "it is stopped"
