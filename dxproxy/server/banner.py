@@ -82,6 +82,9 @@ def model_lines(
             why: list[str] = []
             if r.state is EngineState.READY:
                 state = f"ready in {r.ready_in:.1f} s (pid {r.pid}, port {r.port})"
+            elif r.state is EngineState.WORKER and r.spec.group is not None:
+                # A multi-node group's member: its leader's DX serves the model.
+                state = f"group worker, {r.spec.group.label} (pid {r.pid})"
             else:
                 first, output = r.failure(FAILED_TAIL)
                 state = f"{r.state.upper()}: {first}"

@@ -223,6 +223,11 @@ def test_a_group_over_two_namespaces(net: Net, tmp_path: Path) -> None:
         body = wait_ready(worker)
         assert body["models"]["big"]["state"] == "worker", body
         assert "rank 1 of 2, leader 10.77.0.1:29611" in body["models"]["big"]["reason"]
+        deadline = time.monotonic() + 10
+        while "  ready in" not in worker.log.read_text():  # the banner, once start-up is over
+            assert time.monotonic() < deadline, worker.log.read_text()
+            time.sleep(0.1)
+        assert "group worker, rank 1 of 2, leader 10.77.0.1:29611 (pid" in worker.log.read_text()
         answer = chat(leader)
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == "Hello from a group of 2."
