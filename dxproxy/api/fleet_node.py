@@ -4,7 +4,8 @@
   node's `auth.keys`, which are admin keys): the node's name, its config generation, whether
   it drains, and per model served by its own engines its state, ready replicas, requests in
   flight, capacity, requests queued and KV-cache use, in the shape dxproxy/fleet/state.py
-  fixes. Built from the router's and supervisor's counters in memory: it never asks an engine.
+  fixes. Built from the router's and supervisor's counters in memory: it never asks an engine
+  (KV-cache use is what the engines said at the last /metrics scrape, else null).
 - the `endpoint-load-metrics` header (ORCA text, as vLLM sends it) on a request that asked
   with `endpoint-load-metrics-format: text`: dxproxy/http/loadreport.py.
 
@@ -22,7 +23,7 @@ from aiohttp import web
 from dxproxy.config import ModelConfig
 from dxproxy.fleet.state import ModelState, NodeState
 from dxproxy.http.errors import json_response
-from dxproxy.http.state import LIVE, LOADER, RELOADER, ROUTER, SUPERVISOR
+from dxproxy.http.state import LIVE, LOADER, METRICS, RELOADER, ROUTER, SUPERVISOR
 from dxproxy.routing.loader import Loader
 from dxproxy.routing.router import Router
 from supervisors import ASLEEP, EngineState, Supervisor
@@ -37,8 +38,11 @@ async def fleet_state(request: web.Request) -> web.Response:
     app = request.app
     config = app[LIVE].config
     router, supervisor, loader = app[ROUTER], app[SUPERVISOR], app[LOADER]
+    kv = app[METRICS].fleet.kv if METRICS in app else {}
     models = {
-        m.name: model_state(m, router, supervisor, loader) for m in config.models if not m.remote
+        m.name: model_state(m, router, supervisor, loader, kv.get(m.name))
+        for m in config.models
+        if not m.remote
     }
     reloader = app.get(RELOADER)
     state = NodeState(
@@ -53,7 +57,11 @@ async def fleet_state(request: web.Request) -> web.Response:
 
 
 def model_state(
-    model: ModelConfig, router: Router, supervisor: Supervisor, loader: Loader
+    model: ModelConfig,
+    router: Router,
+    supervisor: Supervisor,
+    loader: Loader,
+    kv_cache: float | None = None,
 ) -> ModelState:
     replicas = supervisor.replicas(model.name)
     ready = [r for r in replicas if r.state is EngineState.READY]
@@ -77,5 +85,7 @@ def model_state(
         in_flight=sum(r.in_flight for r in replicas),
         capacity=sum(r.capacity for r in ready),
         queued=router.waiting(model.name),
-        kv_cache=None,  # only the engines know it, and this answer never asks them
+        # Only the engines know it, and this answer never asks them: as they said at the last
+        # /metrics scrape (dxproxy/http/fleet_metrics.py), or null.
+        kv_cache=kv_cache,
     )

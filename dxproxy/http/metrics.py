@@ -16,6 +16,9 @@ Read at scrape time (nothing runs between scrapes):
     ready engine's own metrics (`llamacpp:*`, `vllm:*`) with `model` and `replica` labels
     added; `dx_engine_metrics_up{model, replica}` says whether that scrape worked.
 
+The fleet's (per-model gauges for the Gateway API Inference Extension, a gateway's nodes):
+dxproxy/http/fleet_metrics.py.
+
 Label values are bounded: `model` is a configured model name (or empty when a request never
 reached one), `key` a key's name (requests without auth are "anonymous"), `route` the
 matched route's pattern ("other" for unknown paths).
@@ -46,7 +49,17 @@ from prometheus_client.registry import Collector
 
 from dxproxy import __version__
 from dxproxy.config import Config
-from dxproxy.http.state import LIVE, LOADER, METRICS, RELOADER, ROUTER, SESSION, SUPERVISOR
+from dxproxy.http.fleet_metrics import FleetCollector
+from dxproxy.http.state import (
+    GATEWAY,
+    LIVE,
+    LOADER,
+    METRICS,
+    RELOADER,
+    ROUTER,
+    SESSION,
+    SUPERVISOR,
+)
 from supervisors import EngineState, Gpu, Replica, read_gpus
 
 log = logging.getLogger("dx.metrics")
@@ -112,6 +125,8 @@ class Metrics:
         PlatformCollector(registry=r)
         self.live = _Live()
         r.register(self.live)
+        self.fleet = FleetCollector()  # nodes' per-model gauges, a gateway's fleet
+        r.register(self.fleet)
 
     async def exposition(self, app: web.Application) -> bytes:
         """The scrape: DX's own metrics, then the engines' (namespaced, so never clashing)."""
@@ -141,6 +156,10 @@ class Metrics:
         # hundreds of lines per replica): a worker thread, so requests are not held up.
         engines, up = await asyncio.to_thread(_relabel, ready, texts)
         self.live.engines_up = up
+        fleet = self.fleet
+        fleet.config, fleet.supervisor, fleet.router = live.config, supervisor, live.router
+        fleet.gateway = app.get(GATEWAY)
+        fleet.engines_said(ready, texts)
         # Synchronous from here: the live collector reads the state set just above.
         return generate_latest(self.registry) + engines
 

@@ -383,6 +383,28 @@ def test_limits_and_revocations_across_gateways(fleet: Fleet) -> None:
             time.sleep(0.05)
 
 
+def test_metrics_of_nodes_and_gateways(fleet: Fleet) -> None:
+    """Nodes: per-model gauges under the names the Inference Extension's endpoint picker is
+    pointed at; gateways: node health, ejections, outcomes, retries, affinity."""
+    node = httpx.get(fleet.nodes[0].url + "/metrics",
+                     headers={"Authorization": f"Bearer {NODE_KEY}"}).text
+    assert 'dx_model_requests_waiting{model_name="fake"} 0.0' in node
+    assert 'dx_model_requests_running{model_name="fake"} 0.0' in node
+    gateway = httpx.get(fleet.gateways[0].url + "/metrics", headers=fleet.gateways[0].auth).text
+    samples = {}
+    for line in gateway.splitlines():
+        if line.startswith("dx_fleet_"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    for n in fleet.nodes:
+        assert samples[f'dx_fleet_upstream_state{{node="{n.url}",state="healthy"}}'] == 1
+    assert samples[f'dx_fleet_upstream_ejections_total{{node="{fleet.nodes[1].url}"}}'] >= 1
+    assert samples['dx_fleet_affinity_total{kind="home",model="fake"}'] >= 30
+    assert samples['dx_fleet_retries_total{model="fake"}'] >= 1
+    assert any(k.startswith("dx_fleet_requests_total") and 'outcome="failed"' in k
+               for k in samples)
+
+
 def test_routing_without_redis(fleet: Fleet) -> None:
     """Last: Redis goes away; limits fail open (limits.redis_failure), routes do not move."""
     ga, gb = fleet.gateways
