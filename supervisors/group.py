@@ -36,7 +36,7 @@ from supervisors.spec import GroupSpec
 
 RAY_HEAD = Path(__file__).with_name("ray_head.py")
 _VLLM_SERVER = ("-m", "vllm.entrypoints.openai.api_server")
-_VLLM_CLI = ("-m", "vllm.entrypoints.cli.main", "serve")  # where --headless lives
+_VLLM_CLI = ("-m", "dx_vllm_cli", "serve")  # vLLM's CLI, where --headless lives
 # Flags a headless vLLM worker has no use for: it serves no HTTP.
 _HTTP_ONLY = {"--host", "--port", "--served-model-name", "--middleware"}
 

@@ -96,11 +96,14 @@ def net() -> Iterator[Net]:
             sh("ip", "link", "set", host_side, "up")
         yield Net(a, b, "http://10.78.1.2:11434", "http://10.78.2.2:11434")
     finally:
-        for ns in (a, b):  # their links go with them, host ends included
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
+        for ns in (a, b):
             for pid in _pids(ns):
                 os.kill(pid, signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        # Their links go with them, but only once the kernel frees the namespace (a process
+        # not yet reaped holds it): the host ends are deleted now, whatever is left.
+        for link in (f"ha{tag}", f"hb{tag}", f"ga{tag}"):
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10)
 
 
 def _pids(ns: str) -> list[int]:

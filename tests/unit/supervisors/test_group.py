@@ -44,7 +44,7 @@ def test_vllm_leader_serves_with_the_multi_node_flags() -> None:
 
 def test_vllm_worker_runs_headless_without_http() -> None:
     argv = ADAPTERS["vllm"].argv(spec(1, port=29600), CPU)
-    assert argv[:4] == ["/venv/bin/python", "-m", "vllm.entrypoints.cli.main", "serve"]
+    assert argv[:4] == ["/venv/bin/python", "-m", "dx_vllm_cli", "serve"]
     assert flag(argv, "--model") == "/m/big" and "--headless" in argv
     assert flag(argv, "--node-rank") == "1" and flag(argv, "--master-port") == "29600"
     for http in ("--port", "--host", "--served-model-name", "--middleware"):
@@ -67,7 +67,7 @@ def test_headless_keeps_engine_flags() -> None:
     assert headless(argv) == [
         "py",
         "-m",
-        "vllm.entrypoints.cli.main",
+        "dx_vllm_cli",
         "serve",
         "--model",
         "m",
