@@ -56,14 +56,13 @@ def test_probes_are_dx_s_and_patient(layout: str) -> None:
     pods = dx_pods(docs)
     assert pods, f"{layout}: no pod runs DX"
     for where, template, c in pods:
-        worker = template["metadata"]["labels"] == WORKER
         assert c["livenessProbe"]["httpGet"]["path"] == "/health", where
-        # A group's workers get no requests: their readiness is their leader's /ready.
-        assert c["readinessProbe"]["httpGet"]["path"] == ("/health" if worker else "/ready"), where
+        # A group worker's /ready says its part runs; it gets no requests all the same.
+        assert c["readinessProbe"]["httpGet"]["path"] == "/ready", where
         startup = c["startupProbe"]
         _, config = dx_config_of(docs, template)
         engines = [m for m in config.get("models", {}).values() if "upstream" not in m]
-        if engines and not worker:
+        if engines:
             # Waits on /ready longer than DX gives each engine to start (vLLM: minutes).
             assert startup["httpGet"]["path"] == "/ready", where
             longest = max(float(m.get("startup_timeout", DEFAULT_STARTUP_TIMEOUT)) for m in engines)
