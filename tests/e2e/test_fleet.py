@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ import httpx
 import pytest
 
 from dxproxy.keys.store import create_key
-from tests.conftest import DX, DxProcess, fake_model, start_dx
+from tests.conftest import DX, FAKE_ENGINE, ROOT, DxProcess, fake_model, free_port, start_dx
+from tests.e2e.test_caddy import caddy_binary
 from tests.e2e.test_limits import burst
 from tests.e2e.test_limits_redis import RedisServer
 
@@ -50,6 +52,7 @@ class Fleet:
     nodes: list[DxProcess]
     gateways: list[DxProcess]
     redis: RedisServer
+    direct: int  # the port of a fake engine the gateways reach as a plain OpenAI endpoint
     tmp: Path
     headers: dict[str, str]  # a key both gateways know, without limits
 
@@ -98,6 +101,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     redis.start()
     nodes: list[DxProcess] = []
     gateways: list[DxProcess] = []
+    direct_port = free_port()
+    direct = subprocess.Popen([sys.executable, FAKE_ENGINE, "--port", str(direct_port), "--tag",
+                               "direct"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for i in range(NODES):
             (tmp / f"n{i}").mkdir()
@@ -112,14 +118,25 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                      "eject_max": "1s"}
         for g in ("ga", "gb"):
             (tmp / g).mkdir()
-            gateways.append(start_dx(tmp / g, {"fake": {"upstream": "fleet"}}, extra={
+            models = {
+                "fake": {"upstream": "fleet"},
+                # Any OpenAI endpoint: here a fake engine of its own (named "x" there).
+                "direct": {"upstream": {"url": f"http://127.0.0.1:{direct_port}/v1",
+                                       "api_key": "sk-direct", "model": "x"}},
+                # An endpoint that is down, then the fleet.
+                "gone": {"upstream": {"url": f"http://127.0.0.1:{free_port()}/v1"},
+                         "fallbacks": ["fake"]},
+                # A local engine that cannot start, then the fleet.
+                "broken": fake_model(engine_args=["--exit-at-start", "3"], fallbacks=["fake"]),
+            }
+            gateways.append(start_dx(tmp / g, models, extra={
                 "fleet": fleet_cfg,
                 "server": {"max_connections_per_client": 1000},
                 "limits": {"redis_url": redis.url, "redis_failure": "open"}}))
         key, _ = create_key(gateways[0].state_dir, "user")
         shutil.copy(gateways[0].state_dir / "keys.json", gateways[1].state_dir / "keys.json")
         time.sleep(1.0)  # both re-read their store within a second
-        f = Fleet(nodes, gateways, redis, tmp, {"Authorization": f"Bearer {key}"})
+        f = Fleet(nodes, gateways, redis, direct_port, tmp, {"Authorization": f"Bearer {key}"})
         f.wait_serving(NODES)
         yield f
     finally:
@@ -128,6 +145,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 os.kill(p.proc.pid, signal.SIGCONT)
             p.stop()
         redis.stop()
+        direct.terminate()
+        direct.wait(10)
 
 
 def chat(text: str, *, stream: bool = False, follow: bool = False) -> dict[str, object]:
@@ -173,10 +192,10 @@ def test_catalog_is_the_union(fleet: Fleet) -> None:
     for g in fleet.gateways:
         models = {m["id"] for m in httpx.get(g.url + "/v1/models", headers=fleet.headers)
                   .json()["data"]}
-        assert models == {"fake", "solo"}
+        assert models == {"fake", "solo", "direct", "gone", "broken"}
         tags = {m["name"] for m in httpx.get(g.url + "/api/tags", headers=fleet.headers)
                 .json()["models"]}
-        assert tags == {"fake:latest", "solo:latest"}
+        assert {"fake:latest", "solo:latest"} <= tags
         # solo is in no gateway's config: only n2 serves it, and the gateway routes it there.
         r = httpx.post(g.url + "/v1/chat/completions", headers=fleet.headers,
                        json={**chat("hi"), "model": "solo"})
@@ -403,6 +422,67 @@ def test_metrics_of_nodes_and_gateways(fleet: Fleet) -> None:
     assert samples['dx_fleet_retries_total{model="fake"}'] >= 1
     assert any(k.startswith("dx_fleet_requests_total") and 'outcome="failed"' in k
                for k in samples)
+
+
+def test_any_openai_endpoint_and_fallbacks(fleet: Fleet) -> None:
+    ga = fleet.gateways[0]
+    # upstream: {url, api_key, model}: the endpoint gets its own model name, and the key.
+    r = httpx.post(ga.url + "/v1/chat/completions", headers=fleet.headers,
+                   json={**chat("hi"), "model": "direct"})
+    assert r.status_code == 200 and r.json()["system_fingerprint"] == "direct"
+    assert served(r) == f"http://127.0.0.1:{fleet.direct}/v1"
+    last = httpx.get(f"http://127.0.0.1:{fleet.direct}/last").json()
+    assert last["model"] == "x"
+    # In the Ollama dialect, streamed, translated once at the gateway.
+    r = httpx.post(ga.url + "/api/chat", headers=fleet.headers,
+                   json={"model": "direct", "messages": [{"role": "user", "content": "hi"}]})
+    lines = [json.loads(x) for x in r.text.splitlines()]
+    assert "".join(x["message"]["content"] for x in lines) == "Hello from the fake engine."
+    # A dead endpoint, then the fleet; a local engine that failed to start, then the fleet.
+    for name in ("gone", "broken"):
+        r = httpx.post(ga.url + "/v1/chat/completions", headers=fleet.headers,
+                       json={**chat(f"fallback {name}"), "model": name})
+        assert r.status_code == 200, r.text
+        assert r.json()["system_fingerprint"] in {"n0", "n1", "n2"}
+        assert served(r) in {n.url for n in fleet.nodes}
+
+
+def test_caddy_in_front_of_both_gateways(fleet: Fleet) -> None:
+    """One public address, Caddy balancing over the two gateways at random: a conversation's
+    follow-ups still land on its home node, and streams arrive whole."""
+    port = free_port()
+    upstreams = " ".join(g.url.removeprefix("http://") for g in fleet.gateways)
+    env = {**os.environ, "DX_SITE": f"http://127.0.0.1:{port}", "DX_CADDY_ADMIN": "off",
+           "DX_UPSTREAM": upstreams, "HOME": str(fleet.tmp), "XDG_DATA_HOME": str(fleet.tmp),
+           "XDG_CONFIG_HOME": str(fleet.tmp)}
+    log = fleet.tmp / "caddy.log"
+    with log.open("wb") as out:
+        caddy = subprocess.Popen([caddy_binary(), "run", "--config",
+                                  str(ROOT / "config" / "Caddyfile"), "--adapter", "caddyfile"],
+                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert caddy.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        for c in range(10):
+            first = httpx.post(url + "/v1/chat/completions", headers=fleet.headers,
+                               json=chat(f"caddy {c}"))
+            home = served(first)
+            for _ in range(3):
+                r = httpx.post(url + "/v1/chat/completions", headers=fleet.headers,
+                               json=chat(f"caddy {c}", follow=True, stream=True))
+                assert served(r) == home
+                assert content_of(r.text)[0] == "Hello from the fake engine."
+                assert r.text.rstrip().endswith("data: [DONE]")
+    finally:
+        caddy.terminate()
+        caddy.wait(10)
 
 
 def test_routing_without_redis(fleet: Fleet) -> None:
