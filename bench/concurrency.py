@@ -6,6 +6,8 @@
 Each setup serves the real SmolLM2-135M-Instruct with one engine configuration:
 
   llama-server        DX's default llama.cpp engine, with the slots DX sizes from the context
+  default-8k          the embedded default: 8192 tokens a request, 8 slots (issue 22)
+  default-8k-16       the same with 16 slots (twice the KV cache)
   serialised          llama-server with one slot: Ollama's default (OLLAMA_NUM_PARALLEL=1)
   llama-cpp-python    llama-cpp-python, 1 replica (one request at a time)
   llama-cpp-python-x2 llama-cpp-python, 2 replicas
@@ -61,6 +63,9 @@ def setups() -> dict[str, dict[str, Any]]:
     return {
         "llama-server": {"engine": "llamacpp", "model": SMOLLM2, "context": 2048},
         "serialised": {"engine": "llamacpp", "model": SMOLLM2, "context": 2048, "parallel": 1},
+        # The embedded default since issue 22: SmolLM2's whole trained context per request.
+        "default-8k": {"engine": "llamacpp", "model": SMOLLM2, "context": 8192, "parallel": 8},
+        "default-8k-16": {"engine": "llamacpp", "model": SMOLLM2, "context": 8192, "parallel": 16},
         "llama-cpp-python": {"engine": "llama-cpp-python", "model": SMOLLM2, "context": 2048},
         "llama-cpp-python-x2": {
             "engine": "llama-cpp-python",

@@ -30,7 +30,7 @@ from dxproxy.api.sse import EngineStreamError
 from dxproxy.config import ModelConfig
 from dxproxy.http.errors import ApiError, json_response
 from dxproxy.http.state import LIVE
-from dxproxy.models.catalog import display_name, has_vision
+from dxproxy.models.catalog import display_name, has_vision, no_tools_advice
 
 routes = web.RouteTableDef()
 
@@ -177,9 +177,8 @@ def _payload(
     if tools and not tools_ok:
         note(
             "responses",
-            f"{display_name(model.name)}: its chat template has no tool syntax; the request's "
-            f"{len(tools)} tools are dropped and the model answers in text (give it a template "
-            f"with tools: models.{model.name}.args: [--chat-template-file, FILE])",
+            f"{display_name(model.name)}: the request's {len(tools)} tools are dropped and the "
+            f"model answers in text: {no_tools_advice(model)}",
         )
         tools, kinds = [], {}
     messages: list[dict[str, Any]] = []

@@ -31,6 +31,7 @@ import psutil
 from dxproxy.cli.options import config_option
 from dxproxy.config import Config, ConfigError, ModelConfig, load_config_file, load_default_config
 from dxproxy.models import ollama_store
+from dxproxy.models.catalog import build_catalog, no_tools_advice
 from dxproxy.models.memory import VLLM_GPU_SHARE, estimate
 from dxproxy.models.memory import gib as _gib
 from supervisors import (
@@ -392,6 +393,21 @@ def check_models(report: Report, config: Config, machine: Machine) -> None:
         report.add("models", name, status, f"together about {_gib(need)}: {verdict}")
 
 
+def check_tools(report: Report, config: Config) -> None:
+    """Which models accept tools (their chat template, the model's own or `chat_template:`,
+    has tool syntax): a client that sends tools to one that does not gets a 400 saying
+    this same advice (Open WebUI's browser chat sends tools with every message)."""
+    catalog = build_catalog(config)
+    for m in config.models:
+        info = catalog.get(m.name)
+        if info is None:
+            continue
+        if "tools" in info.capabilities:
+            report.add("tools", m.name, "ok", "accepts tools (its chat template has tool syntax)")
+        else:
+            report.add("tools", m.name, "info", f"refuses tools: {no_tools_advice(m)}")
+
+
 def _device_fits(
     device: int | None, need: int, machine: Machine, gpus: dict[int, Gpu]
 ) -> tuple[Status, str]:
@@ -641,6 +657,7 @@ def diagnose(config_path: str | None, host: str | None, port: int | None) -> tup
         report.add("models", "models", "info", "not checked: fix the config errors above first")
         return report, source
     check_models(report, config, machine)
+    check_tools(report, config)
     check_cpu_plan(report, config, machine)
     check_port(report, config)
     check_state_dir(report, config)

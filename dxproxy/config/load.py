@@ -67,6 +67,8 @@ PACKAGE_PREFIX = "package:"
 # Every llama-server model serves embeddings unless its config says `embeddings: false`, as
 # Ollama embeds with any model it serves (chat throughput with it on: docs/PERFORMANCE.md).
 EMBEDDINGS_BY_DEFAULT = True
+# Chat templates DX ships, named by a model's `chat_template:` (dxproxy/config/templates).
+TEMPLATES = Path(__file__).with_name("templates")
 
 
 T = TypeVar("T")
@@ -530,7 +532,7 @@ def _model(
     if python and engine == "llamacpp" and command is None:
         r.error("python", "engine llamacpp runs llama-server, not Python: name it in binary:")
 
-    args = r.strings("args")
+    args = r.strings("args") + _chat_template(r, engine, base_dir)
     embeddings = r.get("embeddings", bool, False)
     own = engine == "llamacpp" and command is None  # llama-server, run the way DX runs it
     if "embeddings" not in r.data and own:
@@ -607,6 +609,28 @@ def _remote_model(
     )
     r.finish()
     return m
+
+
+def _chat_template(r: _Reader, engine: str, base_dir: Path) -> tuple[str, ...]:
+    """`chat_template:` as the engine's args: a template DX ships, by name (TEMPLATES), or
+    a Jinja file. llama-server and vLLM apply it instead of the model's own."""
+    raw = r.get("chat_template", str, "")
+    if not raw:
+        return ()
+    flag = {"llamacpp": "--chat-template-file", "vllm": "--chat-template"}.get(engine)
+    if flag is None:
+        r.error("chat_template", "only for engine llamacpp or vllm (llama-cpp-python takes none)")
+        return ()
+    shipped = TEMPLATES / f"{raw}.jinja"
+    path = shipped if "/" not in raw and shipped.is_file() else base_dir / Path(raw).expanduser()
+    if not path.is_file():
+        names = ", ".join(sorted(t.stem for t in TEMPLATES.glob("*.jinja")))
+        r.error(
+            "chat_template",
+            f"no such file: {path} (a Jinja chat template file, or one DX ships: {names})",
+        )
+        return ()
+    return flag, str(path)
 
 
 def _default_pooling(path: str) -> str | None:

@@ -101,6 +101,22 @@ def capabilities(model: ModelConfig, template: str) -> tuple[str, ...]:
     return tuple(caps)
 
 
+def no_tools_advice(model: ModelConfig) -> str:
+    """Why a model takes no tools, and what to set so that it does: for the 400 a client
+    gets, the log, and `dx doctor`."""
+    if model.kind == "llama-cpp-python":
+        return (
+            "the llama-cpp-python engine ignores tools; serve the model with engine: llamacpp "
+            "(llama-server) or vllm in the DX config"
+        )
+    return (
+        "its chat template has no tool syntax. In the DX config, set "
+        f"models.{model.name}.chat_template to a Jinja chat template file that has (the "
+        "model's own with tools added; DX ships smollm2-tools for SmolLM2), or serve a "
+        "model whose template has tools"
+    )
+
+
 def _describe(model: ModelConfig) -> ModelInfo:
     details: dict[str, Any] = {
         "parent_model": "",
@@ -168,9 +184,10 @@ def _describe(model: ModelConfig) -> ModelInfo:
 
 def _template_override(model: ModelConfig) -> str:
     """The chat template the engine is told to use instead of the model's own, if any
-    (llama-server's --chat-template-file in the model's args): what it really applies."""
+    (llama-server's --chat-template-file or vLLM's --chat-template in the model's args, as
+    `chat_template:` sets them): what it really applies."""
     args = list(model.args)
-    for flag in ("--chat-template-file", "--chat_template_file"):
+    for flag in ("--chat-template-file", "--chat_template_file", "--chat-template"):
         if flag in args[:-1]:
             path = args[args.index(flag) + 1]
             try:

@@ -18,7 +18,7 @@ from dxproxy.api.notes import note
 from dxproxy.api.schemas import Generation, Message, Options, Tool
 from dxproxy.config import ModelConfig, parse_duration
 from dxproxy.http.errors import ApiError
-from dxproxy.models.catalog import ModelInfo, display_name, has_vision
+from dxproxy.models.catalog import ModelInfo, display_name, has_vision, no_tools_advice
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -226,15 +226,10 @@ def tools_payload(
 ) -> list[dict[str, Any]]:
     if info is not None and "tools" not in info.capabilities:
         # The engine would drop them without a word: say so instead, as Ollama does.
-        if model.kind == "llama-cpp-python":
-            why = "the llama-cpp-python engine ignores tools; use engine llamacpp or vllm"
-        else:
-            why = (
-                "its chat template has no tool syntax; give the engine one that has, e.g. "
-                f"models.{model.name}.args: [--chat-template-file, /path/tools.jinja]"
-            )
         raise ApiError(
-            400, f"{display_name(model.name)} does not support tools: {why}", param="tools"
+            400,
+            f"{display_name(model.name)} does not support tools: {no_tools_advice(model)}",
+            param="tools",
         )
     out = []
     for t in tools:
