@@ -59,8 +59,9 @@ from dxproxy.fleet.pick import Choice
 from dxproxy.fleet.pick import conversation_key as fleet_key
 from dxproxy.http.early import EarlyStream
 from dxproxy.http.errors import ApiError
-from dxproxy.http.state import API_KEY, GATEWAY, LIVE, QUEUE_WAIT, REPLICA
+from dxproxy.http.state import API_KEY, GATEWAY, LIVE, QUEUE_WAIT, REPLICA, ROUTER
 from dxproxy.routing.gateway import Gateway
+from dxproxy.routing.router import DRAINING
 
 if TYPE_CHECKING:
     from dxproxy.api.engine import EngineCall
@@ -102,6 +103,9 @@ async def routed(
     docstring. `local` is call_engine, for a local model among the fallbacks."""
     from dxproxy.api.engine import EngineCall  # engine.py imports this module on first use
 
+    router = request.app.get(ROUTER)
+    if router is not None and router.draining:  # this DX is shutting down: not a new relay
+        raise ApiError(503, DRAINING, retry_after=RETRY_AFTER)
     config = request.app[LIVE].config
     targets = [model]
     for name in model.fallbacks:
@@ -133,11 +137,14 @@ async def routed(
             sent_ns = time.monotonic_ns()
             request[REPLICA] = label
             request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
+            gateway = _gateway(request)
+            gateway.in_flight += 1
             try:
                 yielded = True
                 yield EngineCall(None, response, sent_ns - started_ns, sent_ns)
                 return
             finally:
+                gateway.in_flight -= 1
                 if watch is not None:
                     watch.cancel()
                 if payload.get("stream"):

@@ -47,6 +47,7 @@ class Gateway:
         self.retries: collections.Counter[str] = collections.Counter()
         self.affinity: collections.Counter[tuple[str, str]] = collections.Counter()
         self.fallbacks: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.in_flight = 0  # requests this gateway relays now (what its own drain waits for)
 
     async def apply(self, config: Config) -> None:
         """Follow the config's `fleet:` section (at start and after each reload): a changed

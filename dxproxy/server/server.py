@@ -22,9 +22,10 @@ from aiohttp import web
 
 from dxproxy.config import Config
 from dxproxy.http import listener
-from dxproxy.http.state import LOADER, RELOADER, ROUTER, SUPERVISOR
+from dxproxy.http.state import GATEWAY, LOADER, RELOADER, ROUTER, SUPERVISOR
 from dxproxy.keys.keyfile import KeyFile
 from dxproxy.models.catalog import build_catalog
+from dxproxy.routing.gateway import Gateway
 from dxproxy.routing.router import Router
 from dxproxy.server import banner
 from dxproxy.server.app import make_app
@@ -199,17 +200,21 @@ class Server:
 
     # -- shutdown ----------------------------------------------------------------------------
 
-    async def _drain(self, router: Router) -> None:
+    async def _drain(self, router: Router, gateway: Gateway | None) -> None:
         """Draining, still listening: /ready says 503 and /fleet/state `draining`, so load
         balancers and gateways stop sending; a new request gets a 503 its gateway retries
         elsewhere; the requests running finish (within shutdown_timeout). With none running
         (a standalone DX, mostly) this returns at once."""
         router.drain()
         deadline = time.monotonic() + self.config.server.shutdown_timeout
-        if router.busy():
-            log.info("draining: %d request(s) running; taking no new ones", router.busy())
-        # The router owns the counts; a look every 50 ms is all a drain needs.
-        while router.busy() and time.monotonic() < deadline:  # noqa: ASYNC110
+
+        def busy() -> int:  # on engines here, and relayed to a fleet's nodes
+            return router.busy() + (gateway.in_flight if gateway is not None else 0)
+
+        if busy():
+            log.info("draining: %d request(s) running; taking no new ones", busy())
+        # The router and the gateway own the counts; a look every 50 ms is all a drain needs.
+        while busy() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(DRAIN_POLL)
 
     async def _shutdown(self, runner: web.AppRunner, accepting: asyncio.Server | None) -> None:
@@ -218,7 +223,7 @@ class Server:
         self.serving = False
         self.notifier.stopping(timeout=2 * self.config.server.shutdown_timeout + 5)
         if self.app is not None and ROUTER in self.app:
-            await self._drain(self.app[ROUTER])
+            await self._drain(self.app[ROUTER], self.app.get(GATEWAY))
         if accepting is not None:
             accepting.close()  # stop accepting; runner.cleanup() drains the connections
         await runner.cleanup()

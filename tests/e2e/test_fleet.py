@@ -366,6 +366,23 @@ def test_drain_finishes_streams_and_takes_no_new_work(fleet: Fleet) -> None:
     fleet.wait_serving(NODES)
 
 
+def test_client_leaving_cancels_on_the_node(fleet: Fleet) -> None:
+    """A client that leaves mid-stream closes the gateway's request to the node, and the
+    node's to its engine: the engine counts the generation cancelled."""
+    text = _home_on(fleet, 0, "leaving")
+    before = fleet.engine_stats((0,))[0]["cancelled"]
+    with httpx.stream("POST", fleet.gateways[1].url + "/v1/chat/completions",
+                      headers=fleet.headers, json=chat(text, stream=True)) as r:
+        assert served(r) == fleet.nodes[0].url
+        lines = r.iter_lines()
+        for _ in range(5):
+            next(lines)
+    deadline = time.monotonic() + 5
+    while fleet.engine_stats((0,))[0]["cancelled"] == before:
+        assert time.monotonic() < deadline, "the node's engine kept generating"
+        time.sleep(0.05)
+
+
 def test_via_guard_refuses_a_second_hop(fleet: Fleet) -> None:
     r = httpx.post(fleet.gateways[0].url + "/v1/chat/completions",
                    headers={**fleet.headers, "Via": "1.1 dx-gateway"}, json=chat("loop"))
