@@ -27,7 +27,16 @@ from dxproxy.api.scrub import scrub_paths
 from dxproxy.config import ModelConfig
 from dxproxy.http.early import EarlyStream
 from dxproxy.http.errors import ApiError
-from dxproxy.http.state import API_KEY, KEEP_ALIVE, LOADER, QUEUE_WAIT, REPLICA, ROUTER, UPSTREAM
+from dxproxy.http.state import (
+    API_KEY,
+    KEEP_ALIVE,
+    LOADER,
+    QUEUE_WAIT,
+    REPLICA,
+    ROUTER,
+    UNTRIMMED,
+    UPSTREAM,
+)
 from dxproxy.routing.router import EngineDropped, Unavailable, retry_after
 from dxproxy.routing.upstream import ENGINE_READ_TIMEOUT
 from dxproxy.routing.wait import wait_with_notices
@@ -81,7 +90,11 @@ async def call_engine(
             body = orjson.dumps(payload)
             # A chat that might outgrow the context is counted (and trimmed) on the replica
             # it is sent to, once: a second attempt sends what the first counted.
-            fit = path == "/v1/chat/completions" and might_overflow(model, payload)
+            fit = (
+                path == "/v1/chat/completions"
+                and not request.get(UNTRIMMED)
+                and might_overflow(model, payload)
+            )
             for attempt in (1, 2):
                 async with router.acquire(
                     model.name,

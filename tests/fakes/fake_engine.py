@@ -23,6 +23,9 @@ last user message inject faults:
 chat chunk and answer (OpenAI's field for "which backend served this"), so a fleet test sees
 which node generated a reply through any number of hops.
 
+``POST /apply-template`` and ``POST /tokenize`` count a chat as llama-server's do, simply: a
+line per message, a token per word (``GET /stats`` counts the /tokenize calls: "tokenized").
+
 ``POST /v1/embeddings`` answers an unnormalised 8-number vector per input, derived from the
 text (the same text gives the same vector). Every request body is kept: ``GET /last`` returns
 the last one, so tests can check what DX asked the engine for.
@@ -66,7 +69,7 @@ from aiohttp import web
 
 TOKENS = ["Hello", " from", " the", " fake", " engine", "."]
 stats = {"requests": 0, "completed": 0, "cancelled": 0, "in_flight": 0, "max_in_flight": 0,
-         "dropped": 0}
+         "dropped": 0, "tokenized": 0}
 # Connections (their transports) whose next request is dropped: see the docstring.
 closed_after_stream: weakref.WeakSet[object] = weakref.WeakSet()
 served: weakref.WeakSet[object] = weakref.WeakSet()
@@ -136,6 +139,22 @@ async def models(request: web.Request) -> web.Response:
 
 async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
+
+
+async def apply_template(request: web.Request) -> web.Response:
+    """llama-server's /apply-template, simply: a line per message ("role: content"), the
+    tools' JSON first."""
+    body = await request.json()
+    lines = [json.dumps(body["tools"])] if body.get("tools") else []
+    lines += [f"{m.get('role')}: {m.get('content') or ''}" for m in body.get("messages") or ()]
+    return web.json_response({"prompt": "\n".join(lines)})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """llama-server's /tokenize, simply: a token per word."""
+    stats["tokenized"] += 1
+    content = (await request.json()).get("content", "")
+    return web.json_response({"tokens": list(range(len(str(content).split())))})
 
 
 async def get_last(request: web.Request) -> web.Response:
@@ -367,6 +386,8 @@ def main() -> None:
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/apply-template", apply_template)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_get("/last", get_last)
     if not args.no_dev_mode:  # vLLM has these only with VLLM_SERVER_DEV_MODE=1
         app.router.add_post("/sleep", sleep)

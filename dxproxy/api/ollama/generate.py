@@ -22,7 +22,7 @@ from dxproxy.api.request import resolve_model
 from dxproxy.api.schemas import ChatRequest, GenerateRequest, KeepAlive, Message, decode
 from dxproxy.config import ModelConfig, parse_duration
 from dxproxy.http.errors import ApiError, json_response
-from dxproxy.http.state import KEEP_ALIVE, LIVE, LOADER, SUPERVISOR
+from dxproxy.http.state import KEEP_ALIVE, LIVE, LOADER, SUPERVISOR, UNTRIMMED
 from dxproxy.models.catalog import display_name
 from dxproxy.routing.router import Unavailable
 
@@ -37,6 +37,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     info = request.app[LIVE].catalog.get(model.name)
     payload = sampling(req, model, info)
     note_keep_alive(request, req.keep_alive)
+    if req.truncate is False:  # whole or refused: never trimmed (dxproxy/api/fit.py)
+        request[UNTRIMMED] = True
     messages = chat_messages(req.messages or [], model)
     if not messages:
         return await _load_reply(request, req.keep_alive, model, chat=True)

@@ -108,9 +108,10 @@ def sampling(req: Generation, model: ModelConfig, info: ModelInfo | None) -> dic
             "_debug_render_only is not supported: the engine applies the model's chat "
             "template itself (see /api/show's template)",
         )
-    # truncate and shift: true is Ollama's default and what clients send; DX's engines never
-    # cut a conversation short (a prompt longer than the context is refused with a clear
-    # error) and do not shift the context, so `false` is what they do anyway. Both accepted.
+    # truncate: true (Ollama's default) lets a chat longer than the context lose its oldest
+    # turns (dxproxy/api/fit.py); false asks for it whole or refused, as Ollama does (the
+    # chat handler notes it). shift: DX's engines never shift the context, which is what
+    # `false` asks; true is accepted (a reply stops at the context's end instead).
     keep_alive = req.keep_alive
     if keep_alive is not None and parse_duration(keep_alive) is None:
         raise ApiError(
