@@ -188,17 +188,23 @@ def test_sigterm_stops_engines_and_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_prompt_longer_than_the_context(dx_real: DxProcess) -> None:
-    """llama-server refuses it with a 400 before generating, streamed or not, in every
-    dialect; and the next request works (no dead pooled connection is handed on)."""
+    """Refused with a 400 before generating, streamed or not, in every dialect: by DX, which
+    counts a chat that might not fit (dxproxy/api/fit.py), or with Ollama's truncate: false
+    by llama-server itself; and the next request works (no dead pooled connection is handed
+    on)."""
     too_long = [{"role": "user", "content": "word " * 3000}]
     with pytest.raises(ollama.ResponseError) as err:
         client(dx_real).chat(model="smollm2", messages=too_long)
-    assert err.value.status_code == 400 and "exceeds the available context size" in \
-        err.value.error
+    assert err.value.status_code == 400 and "the latest message is too long" in err.value.error
+    whole = httpx.post(dx_real.url + "/api/chat", headers=dx_real.auth, timeout=120,
+                       json={"model": "smollm2", "messages": too_long, "stream": False,
+                             "truncate": False})  # fmt: skip
+    assert whole.status_code == 400
+    assert "exceeds the available context size" in whole.json()["error"]
     oa_plain = openai.OpenAI(base_url=dx_real.url + "/v1", api_key=dx_real.key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as refused:
         oa_plain.chat.completions.create(model="smollm2", messages=too_long)
-    assert "exceeds the available context size (2048 tokens)" in refused.value.message
+    assert "the model's context of 2048 tokens" in refused.value.message
     with pytest.raises(ollama.ResponseError) as cut:
         list(client(dx_real).chat(model="smollm2", messages=too_long, stream=True))
     assert cut.value.status_code == 400
