@@ -268,6 +268,7 @@ def test_a_node_dying_mid_stream(fleet: Fleet, sig: signal.Signals) -> None:
     error_line = next(line for t, line in log if '"error"' in line and t >= killed)
     error_at = next(t for t, line in log if line == error_line)
     assert error_at - killed < 2.0, error_at - killed
+    print(f"\nfailover {sig.name}: the stream's error event {error_at - killed:.2f} s after")
     assert "fleet node" in error_line and fleet.nodes[victim].url in error_line
     for result in whole:  # the other streams: whole, from their own nodes, unchanged
         assert not isinstance(result, BaseException), result
@@ -276,7 +277,14 @@ def test_a_node_dying_mid_stream(fleet: Fleet, sig: signal.Signals) -> None:
         assert text == "Hello from the fake engine." * 34 and sse.rstrip().endswith("data: [DONE]")
         assert tags == {f"n{fleet.node_of(node)}"}
 
-    # The victim's conversation moves, once, to the same node through both gateways.
+    # The victim's conversation moves, once, to the same node through both gateways; the
+    # first follow-up, sent at once, is answered by another node (timed).
+    t0 = time.monotonic()
+    first = httpx.post(gb.url + "/v1/chat/completions", headers=fleet.headers,
+                       json={**chat(doomed, follow=True), "max_tokens": 2})
+    print(f"failover {sig.name}: a follow-up right after, answered by "
+          f"{served(first)} in {time.monotonic() - t0:.2f} s")
+    assert first.status_code == 200 and served(first) != fleet.nodes[victim].url
     if sig == signal.SIGSTOP:
         fleet.wait_serving(NODES - 1)
     moved = {served(httpx.post(g.url + "/v1/chat/completions", headers=fleet.headers,
@@ -290,7 +298,10 @@ def test_a_node_dying_mid_stream(fleet: Fleet, sig: signal.Signals) -> None:
     else:
         fleet.nodes[victim].proc.wait(10)
         fleet.restart(victim)
+    t0 = time.monotonic()
     fleet.wait_serving(NODES)
+    print(f"failover {sig.name}: back in both gateways' view {time.monotonic() - t0:.2f} s "
+          "after its return")
     home = {served(httpx.post(g.url + "/v1/chat/completions", headers=fleet.headers,
                               json={**chat(doomed, follow=True), "max_tokens": 2}))
             for g in (ga, gb)}
@@ -298,7 +309,7 @@ def test_a_node_dying_mid_stream(fleet: Fleet, sig: signal.Signals) -> None:
     # No generation ran twice: the surviving engines served exactly what was asked of them.
     after = fleet.engine_stats((0, 2))
     for n in (0, 2):
-        expected = 2 + (4 if fleet.nodes[n].url in moved else 0)  # 2 streams, 4 moved turns
+        expected = 2 + (5 if fleet.nodes[n].url in moved else 0)  # 2 streams, 5 moved turns
         assert after[n]["requests"] - before[n]["requests"] == expected, (n, before, after)
 
 
