@@ -134,6 +134,6 @@ def test_a_swap_during_start_is_not_lost(tmp_path: Path) -> None:
         models = {"first": slow, "second": fake_model()}
         volume.write({"dx.yaml": config(port, tmp_path / "state", models)})
         assert dx.ready.wait(60)
-        wait_for_model(dx, "second", within=15)
+        wait_for_model(dx, "second", within=8)
     finally:
         dx.stop()
