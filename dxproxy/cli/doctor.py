@@ -205,7 +205,7 @@ def _own_versions() -> dict[str, str]:
 
 
 def check_engines(report: Report, config: Config | None) -> None:
-    models = config.models if config else ()
+    models = tuple(m for m in config.models if not m.remote) if config else ()
     needs = {m.kind for m in models if not m.command and not m.binary}
 
     server = find_llama_server()
@@ -335,6 +335,10 @@ def check_models(report: Report, config: Config, machine: Machine) -> None:
     gpus = {g.index: g for g in inventory.gpus}
     totals: dict[int | None, int] = {}  # None: the CPU's RAM
     for m in config.models:
+        if m.remote:  # served elsewhere: no memory here
+            where = "the fleet's nodes" if m.upstream == "fleet" else "another endpoint"
+            report.add("models", m.name, "ok", f"served by {where} (upstream:)")
+            continue
         where = m.device.upper() if m.device == "cpu" else m.device.replace("gpu", "GPU")
         label = f"{m.name} ({m.kind}, {where})"
         try:
@@ -400,7 +404,7 @@ def check_tools(report: Report, config: Config) -> None:
     catalog = build_catalog(config)
     for m in config.models:
         info = catalog.get(m.name)
-        if info is None:
+        if info is None or m.remote:  # its own server says (a node's dx doctor)
             continue
         if "tools" in info.capabilities:
             report.add("tools", m.name, "ok", "accepts tools (its chat template has tool syntax)")
@@ -599,7 +603,11 @@ def _check_config_secrets(report: Report, config: Config) -> None:
 def check_cpu_plan(report: Report, config: Config, machine: Machine) -> None:
     """How DX will divide the cores among the CPU models (supervisors/cpus.py), counting
     every model as loaded; a warning when threads pinned by hand in `args` oversubscribe."""
-    on_cpu = [m for m in config.models if not (machine.inventory.gpus and (m.gpus or m.gpu_auto))]
+    on_cpu = [
+        m
+        for m in config.models
+        if not m.remote and not (machine.inventory.gpus and (m.gpus or m.gpu_auto))
+    ]
     if not on_cpu:
         return
     cpus, quota = usable_cpus(config.server.cpus), cgroup_quota()
