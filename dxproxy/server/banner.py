@@ -78,6 +78,12 @@ def model_lines(
     for m in config.models:
         if notes and m.name in notes:
             lines.append(f"    {display_name(m.name)}: {notes[m.name]}")
+        if m.upstream == "fleet":
+            lines.append(f"    {display_name(m.name)}  served by the fleet's nodes (fleet:)")
+        elif m.upstream is not None:
+            lines.append(f"    {display_name(m.name)}  served by {m.upstream.url}")
+        if m.fallbacks:
+            lines.append(f"    {display_name(m.name)}  falls back to {', '.join(m.fallbacks)}")
         for r in replicas.get(m.name, []):
             why: list[str] = []
             if r.state is EngineState.READY:
