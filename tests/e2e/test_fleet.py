@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from dxproxy.keys.store import create_key
 from tests.conftest import DX, FAKE_ENGINE, ROOT, DxProcess, fake_model, free_port, start_dx
@@ -511,6 +512,38 @@ def test_caddy_in_front_of_both_gateways(fleet: Fleet) -> None:
     finally:
         caddy.terminate()
         caddy.wait(10)
+
+
+def test_a_reload_makes_a_dx_a_gateway(fleet: Fleet) -> None:
+    """A plain DX given a fleet: section and an upstream: model by a live reload (SIGHUP)
+    serves the fleet's models; its own model keeps its engine."""
+    tmp = fleet.tmp / "gc"
+    tmp.mkdir()
+    dx = start_dx(tmp, {"local": fake_model(engine_args=["--tag", "local"])})
+    try:
+        path = tmp / "dx.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["fleet"] = {"nodes": [{"url": n.url} for n in fleet.nodes], "refresh": "0.5s",
+                           "node_key": NODE_KEY}
+        config["models"]["fake"] = {"upstream": "fleet"}
+        path.write_text(yaml.safe_dump(config))
+        dx.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while True:
+            models = {m["id"] for m in httpx.get(dx.url + "/v1/models", headers=dx.auth)
+                      .json()["data"]}
+            if {"fake", "solo"} <= models:
+                break
+            assert time.monotonic() < deadline, models
+            time.sleep(0.1)
+        r = httpx.post(dx.url + "/v1/chat/completions", headers=dx.auth, json=chat("reloaded"))
+        assert r.status_code == 200 and served(r) in {n.url for n in fleet.nodes}
+        r = httpx.post(dx.url + "/v1/chat/completions", headers=dx.auth,
+                       json={**chat("mine"), "model": "local"})
+        assert r.json()["system_fingerprint"] == "local"
+        assert r.headers["x-dx-upstream"].startswith("local")
+    finally:
+        dx.stop()
 
 
 def test_routing_without_redis(fleet: Fleet) -> None:
