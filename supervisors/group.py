@@ -41,6 +41,13 @@ _VLLM_CLI = ("-m", "dx_vllm_cli", "serve")  # vLLM's CLI, where --headless lives
 _HTTP_ONLY = {"--host", "--port", "--served-model-name", "--middleware"}
 
 
+# Said with every group failure: why the model is down although this member may be fine.
+RESTART_NOTE = (
+    "a group restarts whole when a member leaves; every member starts again and waits for "
+    "the others"
+)
+
+
 class GroupError(RuntimeError):
     """A member cannot start as configured (a missing interface, no `ray` program)."""
 

@@ -35,14 +35,15 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import psutil
 
 from supervisors.adapters import LOOPBACK, EngineAdapter, EngineNotFound, Launch
 from supervisors.cpus import CpuShare, set_affinity
-from supervisors.group import GroupError
+from supervisors.group import RESTART_NOTE, GroupError, interface_address
+from supervisors.group_link import LeaderLink, worker_link
 from supervisors.logs import LogFiles
 from supervisors.sleep import SleepMode
 from supervisors.spec import EngineSpec, device_label
@@ -187,6 +188,9 @@ class Replica(SleepMode):
         # Set by a sleep or wake that left the engine in doubt: the run task kills it.
         self._wedged = asyncio.Event()
         self._wedged_why = ""
+        # A multi-node group's leader: the DX-level link its workers' DX hold (group_link.py).
+        group = spec.group
+        self._link = LeaderLink(group) if group and group.is_leader and group.size > 1 else None
 
     @property
     def base_url(self) -> str:
@@ -357,6 +361,8 @@ class Replica(SleepMode):
         ):
             self._set_state(EngineState.STOPPING, "stop requested")
         await self._kill()
+        if self._link is not None:
+            await self._link.close()
         if self.state in (EngineState.STOPPING, EngineState.FAILED):
             self._set_state(EngineState.STOPPED, "stopped")
 
@@ -479,6 +485,7 @@ class Replica(SleepMode):
         try:
             argv = self.adapter.argv(self.spec, launch)
             env = self.adapter.env(self.spec, launch)
+            await self._open_link()
         except (EngineNotFound, GroupError) as exc:
             raise EngineStartError(f"engine {self.id} cannot start: {exc}") from None
         shown = " ".join(argv).replace(self.api_key, "***")  # the key stays out of the logs
@@ -521,13 +528,22 @@ class Replica(SleepMode):
                 raise error(
                     self._explain(f"exited with code {self._proc.returncode} before it was ready")
                 )
-            if await self._probe(url, within=2.0):
+            if self._link is not None and self._link.lost.is_set():
+                raise EngineStartError(self._explain(f"{self._link.why} ({RESTART_NOTE})"))
+            if await self._probe(url, within=2.0) and (self._link is None or self._link.joined):
                 break
             if time.monotonic() > deadline:
+                unlinked = ""
+                if self._link is not None and not self._link.joined:
+                    ranks = ", ".join(map(str, self._link.waiting_for()))
+                    unlinked = (
+                        f"; no group link yet from rank(s) {ranks} (their DX reaches this one "
+                        f"on port {self._link.port})"
+                    )
                 raise EngineStartError(
                     self._explain(
                         f"not ready after {self.spec.startup_timeout:.0f} s "
-                        "(raise models.<name>.startup_timeout if it is just slow)"
+                        f"(raise models.<name>.startup_timeout if it is just slow){unlinked}"
                     )
                 )
             await asyncio.sleep(0.1)
@@ -535,6 +551,22 @@ class Replica(SleepMode):
         self.error = ""
         self.ended = ""
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
+
+    async def _open_link(self) -> None:
+        """A group leader's link port, open before its engine starts (workers link to it)."""
+        if self._link is None or self._link.is_open:
+            return
+        group = self.spec.group
+        assert group is not None
+        if group.interface:
+            self._link.host = interface_address(group.interface)
+        try:
+            await self._link.start()
+        except OSError as exc:
+            raise GroupError(
+                f"cannot open the group link on {self._link.host}:{self._link.port}: "
+                f"{exc.strerror} (the group's port + 1; set group.port to move both)"
+            ) from None
 
     async def _settle_worker(self, reader: asyncio.Task[None], t0: float) -> None:
         """A group worker: it serves nothing here, so it is a `worker` once its process
@@ -561,24 +593,32 @@ class Replica(SleepMode):
         assert self._proc is not None
         exited = asyncio.ensure_future(self._proc.wait())
         wedged = asyncio.ensure_future(self._wedged.wait())
+        # A group member also ends when its link to the others does (group_link.py).
+        group = self.spec.group
+        link: asyncio.Future[Any] | None = None
+        if self._link is not None:
+            link = asyncio.ensure_future(self._link.lost.wait())
+        elif group is not None and not group.is_leader:
+            link = asyncio.ensure_future(worker_link(group))
         url = self.base_url + self.adapter.live_path
         loop = asyncio.get_running_loop()
         answered = loop.time()
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {exited, wedged},
+                    {exited, wedged} | ({link} if link is not None else set()),
                     timeout=LIVENESS_INTERVAL,
                     return_when=asyncio.FIRST_COMPLETED,  # an exit is seen at once
                 )
                 if exited in done:
                     why = f"exited unexpectedly with code {exited.result()}"
-                    if self.spec.group is not None:
-                        why += (
-                            f" ({self.spec.group.label}: a group restarts whole when a member "
-                            "leaves; every member starts again and waits for the others)"
-                        )
+                    if group is not None:
+                        why += f" ({group.label}: {RESTART_NOTE})"
                     return "exited", why
+                if link is not None and link in done:
+                    if self._link is not None:
+                        return "exited", f"lost a group member: {self._link.why} ({RESTART_NOTE})"
+                    return "exited", f"{link.result()} ({RESTART_NOTE})"
                 if done:
                     return "hung", self._wedged_why
                 if self.state is EngineState.WORKER:
@@ -601,6 +641,8 @@ class Replica(SleepMode):
         finally:
             exited.cancel()
             wedged.cancel()
+            if link is not None:
+                link.cancel()
 
     def _busy_elsewhere(self) -> bool:
         """A sleep or wake is under way (with a time limit of its own), or the engine died
@@ -710,6 +752,8 @@ class Replica(SleepMode):
     async def _kill(self, hard: bool = False) -> None:
         """SIGTERM the process group, SIGKILL it after the grace period (at once if `hard`),
         always reap."""
+        if self._link is not None:
+            self._link.reset()  # the workers restart their engines and link again
         proc, self._proc = self._proc, None
         if proc is None:
             return

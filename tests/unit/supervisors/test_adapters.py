@@ -114,8 +114,13 @@ def test_vllm_tensor_parallel_and_sleep_mode() -> None:
     # The engine key on every route, not just /v1 (vLLM's own check): DX's middleware.
     assert flag(argv, "--middleware") == "dx_key_guard.KeyGuard"
     plugins = Path(env["PYTHONPATH"].split(os.pathsep)[0])
-    assert (plugins / "dx_key_guard.py").is_file() and list(plugins.glob("*.py")) == [
-        plugins / "dx_key_guard.py"]  # nothing of DX besides it lands in vLLM's interpreter
+    # Nothing of DX lands in vLLM's interpreter besides the guard and dx_vllm_cli (the CLI for
+    # a group worker's --headless, supervisors/group.py), both standard library only.
+    assert (plugins / "dx_key_guard.py").is_file() and sorted(plugins.glob("*.py")) == [
+        plugins / "dx_key_guard.py", plugins / "dx_vllm_cli.py"]
+    for module in plugins.glob("*.py"):
+        assert "dxproxy" not in module.read_text() and "import supervisors" not in (
+            module.read_text())
     assert adapter.parallel(spec) > 1
     one = adapter.argv(EngineSpec(name="s", kind="vllm", model="org/s"), Launch(1, "k", (0,)))
     assert "--tensor-parallel-size" not in one and "--enable-sleep-mode" not in one

@@ -1,0 +1,152 @@
+"""The group link: DX's own heartbeat between a group's leader and its workers.
+
+Measured with vLLM 0.32 (CPU) over two network namespaces: when a headless worker dies, the
+leader's vLLM does NOT exit; its pipeline worker logs gloo's "Connection closed by peer", but
+its server keeps answering /health 200 and a request then hangs. So DX cannot rely on the
+engine to tell it that the group broke; the members' DX processes tell each other:
+
+- the leader's DX listens on the group port + 1 (`LeaderLink`); each worker's DX connects once
+  its engine runs (`worker_link`) and says its rank. One connection = one worker engine alive.
+- both ends send a line every `BEAT` seconds; a connection that closes (a DX or its engine
+  died: DX closes the link when its engine ends) or stays silent for `SILENCE` seconds (a
+  machine or its network went) is a member lost.
+- a lost worker fails the leader's engine, which DX kills and restarts; the leader closes every
+  link when its engine ends, so the workers kill and restart theirs too, and all rejoin the new
+  rendezvous. The leader is ready only when its engine answers and every worker's link is up.
+
+It carries nothing but ranks and heartbeats: no model data, no keys. Anyone who can reach the
+port can make the group restart, so keep it on the group's network (`interface`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from supervisors.spec import GroupSpec
+
+log = logging.getLogger("dx.group")
+
+BEAT = 1.0  # seconds between heartbeats, each way
+SILENCE = 5.0  # seconds without a line before the other end counts as gone
+RECONNECT = 0.5  # seconds between a worker's tries to reach the leader's DX
+
+
+def link_port(group: GroupSpec) -> int:
+    return group.master_port + 1
+
+
+async def _beat(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):  # the reading side says what happened
+        while True:
+            writer.write(b"beat\n")
+            await writer.drain()
+            await asyncio.sleep(BEAT)
+
+
+async def _until_gone(reader: asyncio.StreamReader) -> str:
+    """Read heartbeats until the other end closes or goes silent; say which."""
+    while True:
+        try:
+            line = await asyncio.wait_for(reader.readline(), SILENCE)
+        except TimeoutError:
+            return f"no heartbeat for {SILENCE:.0f} s"
+        except ConnectionError as exc:
+            return f"connection lost ({exc})"
+        if not line:
+            return "it closed the group link"
+
+
+class LeaderLink:
+    """Rank 0's end. `joined` says whether every worker is linked; `lost` is set, with
+    `why`, when one that was linked goes."""
+
+    def __init__(self, group: GroupSpec, host: str = "0.0.0.0") -> None:
+        self.group = group
+        self.host = host
+        self.port = link_port(group)
+        self.members: dict[int, asyncio.StreamWriter] = {}
+        self.lost = asyncio.Event()
+        self.why = ""
+        self._server: asyncio.Server | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._server is not None
+
+    @property
+    def joined(self) -> bool:
+        return len(self.members) >= self.group.size - 1
+
+    def waiting_for(self) -> list[int]:
+        return [r for r in range(1, self.group.size) if r not in self.members]
+
+    async def start(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._member, self.host, self.port)
+
+    def reset(self) -> None:
+        """The leader's engine ended: drop every worker (they restart theirs and link again)."""
+        for writer in self.members.values():
+            writer.close()
+        self.members.clear()
+        self.lost.clear()
+        self.why = ""
+
+    async def close(self) -> None:
+        self.reset()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    async def _member(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            hello = await asyncio.wait_for(reader.readline(), SILENCE)
+            rank = int(hello.split()[1]) if hello.startswith(b"rank ") else -1
+        except (TimeoutError, ValueError, IndexError, ConnectionError):
+            rank = -1
+        if not 0 < rank < self.group.size:
+            writer.close()
+            return
+        old = self.members.get(rank)
+        if old is not None:
+            old.close()  # the same rank again: its DX restarted its engine
+        self.members[rank] = writer
+        log.info("group link: rank %d linked from %s", rank, peer[0] if peer else "?")
+        beats = asyncio.ensure_future(_beat(writer))
+        try:
+            why = await _until_gone(reader)
+        finally:
+            beats.cancel()
+            writer.close()
+        if self.members.get(rank) is writer:  # not replaced, not reset meanwhile
+            del self.members[rank]
+            self.why = f"group member rank {rank} ({peer[0] if peer else '?'}) left: {why}"
+            log.warning("group link: %s", self.why)
+            self.lost.set()
+
+
+async def worker_link(group: GroupSpec) -> str:
+    """A worker's end, for as long as its engine runs: link to the leader's DX (trying until
+    it answers), then heartbeat. Returns why the link ended; cancelled when the engine ends."""
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(group.leader, link_port(group))
+            break
+        except OSError:
+            await asyncio.sleep(RECONNECT)
+    try:
+        writer.write(f"rank {group.rank}\n".encode())
+        await writer.drain()
+        beats = asyncio.ensure_future(_beat(writer))
+        try:
+            why = await _until_gone(reader)
+        finally:
+            beats.cancel()
+    finally:
+        writer.close()
+    return f"the group link to the leader ({group.leader}:{link_port(group)}) ended: {why}"
