@@ -39,7 +39,6 @@ back and forth. A node serves such a request only from its own engines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -176,7 +175,7 @@ def guard_loop(request: web.Request, model: ModelConfig) -> None:
         )
 
 
-Attempt = tuple[aiohttp.ClientResponse, str, "asyncio.Task[None] | None"]
+Attempt = tuple[aiohttp.ClientResponse, str, "_Watch | None"]
 
 
 async def _attempts(
@@ -250,8 +249,9 @@ async def _attempts(
             gateway.outcomes[(node, model.name, "ok")] += 1
             served_by = resp.headers.get(UPSTREAM_HEADER)
             label = f"{node} {served_by}" if served_by else node
-            resp.content = cast(aiohttp.StreamReader, _NodeReply(resp.content, node, membership))
-            watch = asyncio.create_task(_watch(gateway.session, node, resp.content, membership))
+            reply = _NodeReply(resp.content, node, membership)
+            resp.content = cast(aiohttp.StreamReader, reply)
+            watch = _watch_reply(gateway.session, node, reply, membership)
             yield resp, label, watch
             return
 
@@ -306,21 +306,26 @@ async def _post_watched(
 ) -> aiohttp.ClientResponse:
     """POST to a node; while its headers take longer than SILENCE, its /health must answer,
     or the request is abandoned as a connect error (the node stopped: nothing came back)."""
-    post = asyncio.ensure_future(
-        session.post(node + path, data=body, headers=headers, timeout=NODE_TIMEOUT)
-    )
+    task = asyncio.current_task()
+    assert task is not None
+    stalled = False
+
+    def dead() -> None:
+        nonlocal stalled
+        stalled = True
+        task.cancel()
+
+    watch = _Watch(session, node, progress=lambda: 0, done=lambda: False, dead=dead)
     try:
-        while True:
-            done, _ = await asyncio.wait({post}, timeout=SILENCE)
-            if done:
-                return post.result()
-            if not await _alive(session, node):
-                raise aiohttp.ServerTimeoutError("the node stopped answering (its /health too)")
+        return await session.post(node + path, data=body, headers=headers, timeout=NODE_TIMEOUT)
+    except asyncio.CancelledError:
+        if stalled and task.uncancel() == 0:  # our own cancel, not the client leaving
+            raise aiohttp.ServerTimeoutError(
+                "the node stopped answering (its /health too)"
+            ) from None
+        raise
     finally:
-        if not post.done():
-            post.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, TimeoutError):
-                await post
+        watch.cancel()
 
 
 async def _alive(session: aiohttp.ClientSession, node: str) -> bool:
@@ -333,23 +338,63 @@ async def _alive(session: aiohttp.ClientSession, node: str) -> bool:
         return False
 
 
-async def _watch(
-    session: aiohttp.ClientSession, node: str, content: Any, membership: Membership
-) -> None:
-    """While a node's reply is silent for SILENCE, ask its /health; no answer ends the reply
-    with NodeDown (the client sees the dialect's error event)."""
-    stream = content._content  # the real StreamReader under _NodeReply
-    seen = -1
-    while not stream.is_eof():
-        await asyncio.sleep(SILENCE)
-        if stream.total_bytes != seen or stream.is_eof():
-            seen = stream.total_bytes
-            continue
-        if await _alive(session, node):
-            continue
+class _Watch:
+    """Tells a silent node from a dead one: when `progress()` has not moved for SILENCE
+    (and the reply is not `done()`), the node's /health is asked; no answer within
+    PROBE_TIMEOUT calls `dead()`. A timer, not a task, while the node is heard: a reply that
+    flows costs one timer per SILENCE."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        node: str,
+        *,
+        progress: Callable[[], int],
+        done: Callable[[], bool],
+        dead: Callable[[], None],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._session, self._node = session, node
+        self._progress, self._done, self._dead = progress, done, dead
+        self._seen = progress()
+        self._probe: asyncio.Task[None] | None = None
+        self._timer = self._loop.call_later(SILENCE, self._tick)
+
+    def _tick(self) -> None:
+        if self._done():
+            return
+        now = self._progress()
+        if now != self._seen:
+            self._seen = now
+            self._timer = self._loop.call_later(SILENCE, self._tick)
+            return
+        self._probe = self._loop.create_task(self._check())
+
+    async def _check(self) -> None:
+        if await _alive(self._session, self._node):
+            self._seen = self._progress()
+            self._timer = self._loop.call_later(SILENCE, self._tick)
+        else:
+            self._dead()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._probe is not None and self._probe is not asyncio.current_task():
+            self._probe.cancel()
+
+
+def _watch_reply(
+    session: aiohttp.ClientSession, node: str, reply: _NodeReply, membership: Membership
+) -> _Watch:
+    """A node's reply ends with NodeDown (the client sees the dialect's error event) when
+    the node falls silent and its /health does not answer."""
+    stream = reply.stream
+
+    def dead() -> None:
         membership.report(node, False)
         stream.set_exception(_down(node, "stopped answering"))
-        return
+
+    return _Watch(session, node, progress=lambda: stream.total_bytes, done=stream.is_eof, dead=dead)
 
 
 def _down(node: str, what: str) -> NodeDown:
@@ -376,6 +421,10 @@ class _NodeReply:
         self._content = content
         self._node = node
         self._membership = membership
+
+    @property
+    def stream(self) -> aiohttp.StreamReader:
+        return self._content
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._content, name)

@@ -332,6 +332,22 @@ def test_retry_only_before_the_first_byte(fleet: Fleet) -> None:
     fleet.restart(victim)
     fleet.wait_serving(NODES)
 
+    # A node that stops (SIGSTOP) before answering: its /health is asked after 0.5 s of
+    # silence, and without an answer within 1 s the request goes to the next node.
+    text = _home_on(fleet, 1, "stalled")
+    os.kill(fleet.nodes[1].proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = httpx.post(gb.url + "/v1/chat/completions", headers=fleet.headers,
+                       json=chat(text, follow=True), timeout=30)
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and served(r) != fleet.nodes[1].url
+        assert took < 2.5, took
+        print(f"\nfailover SIGSTOP before the headers: answered by another node in {took:.2f} s")
+    finally:
+        os.kill(fleet.nodes[1].proc.pid, signal.SIGCONT)
+    fleet.wait_serving(NODES)
+
     # After the first byte: the engine under the stream dies (DIE: 3 chunks, then exits).
     before = fleet.engine_stats()
     r = httpx.post(ga.url + "/v1/chat/completions", headers=fleet.headers,
