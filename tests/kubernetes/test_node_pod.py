@@ -1,0 +1,170 @@
+"""The base's DX node pod, run for real: the DaemonSet's pod template and its ConfigMap, as
+`kubectl kustomize` renders them, played by podman (`podman kube play`, the nearest thing to a
+kubelet on this machine) with DX's image built from this tree (`scripts/container build`, as
+tests/e2e/test_container.py does) and a real model (SmolLM2 under the file
+name the node config names, in the folder the hostPath names).
+
+Changed from the manifest, because this machine has no GPU and podman 4.3 is not a kubelet: the
+GPU scheduling (nodeSelector, tolerations, nvidia.com/gpu) is dropped, the Secret's key is a
+literal env value, the preStop sleep is dropped (podman 4.3 does not know it), the port is
+published on loopback. Everything else is the manifest's: the image, args, uid/gid 10001,
+read-only root, dropped capabilities, the config directory, the emptyDir state, the probes'
+paths. The pod itself: about 35 s (load average 23); the image build before it: 1.5 to 3.5 min
+here when DX changed since the last build, seconds otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port, smollm2_path
+from tests.kubernetes.manifests import dx_config_of, one, render
+
+KEY = "dx-fleet-0123456789abcdef"  # what the Secret dx-fleet-key would hold
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dx"
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(CACHE / "containers.conf"))  # scripts/container's
+    out = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if check:
+        assert out.returncode == 0, f"podman {' '.join(args)}\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def get(url: str, key: str | None = None, body: dict[str, Any] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""
+
+
+def node_pod(tmp_path: Path, port: int) -> tuple[Path, dict[str, Any]]:
+    """The kube YAML podman plays (ConfigMap + Pod) and the pod's DX config."""
+    docs = render("base")
+    template = one(docs, "DaemonSet", "dx-node")["spec"]["template"]
+    _, config = dx_config_of(docs, template)
+    configmap = one(docs, "ConfigMap", "dx-node-config")
+    spec = template["spec"]
+    spec.pop("nodeSelector")
+    spec.pop("tolerations")
+    (container,) = spec["containers"]
+    for part in ("requests", "limits"):
+        container["resources"][part].pop("nvidia.com/gpu")
+    container.pop("lifecycle")
+    container["env"] = [{"name": "DX_FLEET_KEY", "value": KEY}]
+    container["ports"][0].update(hostPort=port, hostIP="127.0.0.1")
+    models = next(v for v in spec["volumes"] if v["name"] == "models")["hostPath"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "models")["mountPath"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for model in config["models"].values():
+        # The file the config names, under the folder the hostPath names (readable by 10001).
+        name = Path(model["model"]).relative_to(mount)
+        shutil.copyfile(smollm2_path(), folder / name)
+        (folder / name).chmod(0o644)
+    folder.chmod(0o755)
+    tmp_path.chmod(0o755)
+    models["path"] = str(folder)
+    name = f"dx-node-test-{os.getpid()}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+        "spec": spec,
+    }
+    configmap["metadata"].pop("namespace", None)
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump_all([configmap, pod]))
+    return path, config
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is missing: run scripts/setup (it installs podman, runc, debootstrap)")
+    build = subprocess.run(
+        [str(ROOT / "scripts" / "container"), "build", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=ROOT,
+    )
+    assert build.returncode == 0, f"the image did not build:\n{build.stdout}\n{build.stderr}"
+    return "localhost/dx:latest"
+
+
+@pytest.fixture
+def played(image: str, tmp_path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    port = free_port()
+    path, config = node_pod(tmp_path, port)
+    podman("kube", "play", str(path))
+    docs = yaml.safe_load_all(path.read_text())
+    pod_name = next(d for d in docs if d["kind"] == "Pod")["metadata"]["name"]
+    try:
+        yield port, f"{pod_name}-dx", config
+    finally:
+        podman("kube", "down", str(path), check=False)
+
+
+def test_the_node_pod_serves_as_the_manifest_says(played: tuple[int, str, dict[str, Any]]) -> None:
+    port, container, config = played
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120  # well inside the startupProbe's 11 minutes
+    while get(f"{url}/ready")[0] != 200:
+        assert time.monotonic() < deadline, podman("logs", container, check=False)
+        time.sleep(0.5)
+    assert get(f"{url}/health")[0] == 200
+    (model,) = config["models"]
+    chat = {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+    # The gateways' key (the Secret's) is accepted; no key is refused.
+    status, body = get(f"{url}/v1/chat/completions", KEY, chat)
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["message"]["content"]
+    assert get(f"{url}/v1/chat/completions", None, chat)[0] == 401
+    # /metrics without a key, for Prometheus and the endpoint picker (metrics_open).
+    status, text = get(f"{url}/metrics")
+    assert status == 200 and "dx_model_requests_running" in text
+
+    def inside(script: str) -> str:
+        return podman("exec", container, "python3", "-c", script)
+
+    # The pod's security context holds: uid/gid 10001, root filesystem read-only, DX writes
+    # only in its state_dir (the emptyDir).
+    assert inside("import os; print(os.getuid(), os.getgid())").split() == ["10001", "10001"]
+    assert "Read-only" in inside(
+        "import os\ntry: open('/probe', 'w')\nexcept OSError as e: print(e.strerror)"
+    )
+    assert "api-key" in inside(f"import os; print(os.listdir({config['server']['state_dir']!r}))")
+    # Nothing but DX's port listens beyond loopback: the engine is on 127.0.0.1, so no
+    # Service or policy could expose it.
+    listening = inside(
+        "for f in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
+        "    for line in open(f).readlines()[1:]:\n"
+        "        local, state = line.split()[1], line.split()[3]\n"
+        "        if state == '0A': print(local)"
+    ).split()
+    addresses = {(a.split(":")[0], int(a.split(":")[1], 16)) for a in listening}
+    public = {p for a, p in addresses if a not in ("0100007F", "00000000000000000000000001000000")}
+    assert public == {11434}, addresses
+    assert len(addresses) >= 2  # DX's port and at least one engine, on loopback
