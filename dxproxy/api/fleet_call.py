@@ -39,9 +39,10 @@ back and forth. A node serves such a request only from its own engines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -131,25 +132,25 @@ async def routed(
                 failures.append(f"{target.name}: {exc.message}")
                 continue
         guard_loop(request, target)
-        async for upstream in _attempts(request, target, path, payload, failures):
-            response, label, watch = upstream
-            sent_ns = time.monotonic_ns()
-            request[REPLICA] = label
-            request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
-            gateway = _gateway(request)
-            gateway.in_flight += 1
-            try:
-                yielded = True
-                yield EngineCall(None, response, sent_ns - started_ns, sent_ns)
-                return
-            finally:
-                gateway.in_flight -= 1
-                if watch is not None:
-                    watch.cancel()
-                if payload.get("stream"):
-                    response.close()  # a stream the client left stops on the node too
-                else:
-                    response.release()
+        # Closed on leaving, so the node's in-flight count (its load) drops right then.
+        async with contextlib.aclosing(_attempts(request, target, path, payload, failures)) as it:
+            async for response, label, watch, sent_ns in it:
+                request[REPLICA] = label
+                request[QUEUE_WAIT] = (sent_ns - started_ns) / 1e9
+                gateway = _gateway(request)
+                gateway.in_flight += 1
+                try:
+                    yielded = True
+                    yield EngineCall(None, response, sent_ns - started_ns, sent_ns)
+                    return
+                finally:
+                    gateway.in_flight -= 1
+                    if watch is not None:
+                        watch.cancel()
+                    if payload.get("stream"):
+                        response.close()  # a stream the client left stops on the node too
+                    else:
+                        response.release()
     names = " -> ".join(t.name for t in targets)
     detail = "; ".join(failures[-4:]) or "no upstream serves it now"
     raise ApiError(
@@ -175,7 +176,8 @@ def guard_loop(request: web.Request, model: ModelConfig) -> None:
         )
 
 
-Attempt = tuple[aiohttp.ClientResponse, str, "_Watch | None"]
+# The answer, who gave it, the watch on its body, when the request was sent (monotonic ns).
+Attempt = tuple[aiohttp.ClientResponse, str, "_Watch | None", int]
 
 
 async def _attempts(
@@ -184,7 +186,7 @@ async def _attempts(
     path: str,
     payload: dict[str, Any],
     failures: list[str],
-) -> AsyncIterator[Attempt]:
+) -> AsyncGenerator[Attempt, None]:
     """Each upstream's 2xx answer, in the order to try them; a failure is noted and the next
     one tried. The caller stops at the first it yields (nothing is sent after that)."""
     upstream = model.upstream
@@ -194,6 +196,7 @@ async def _attempts(
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
         url = upstream.url + path.removeprefix("/v1")
+        sent_ns = time.monotonic_ns()
         try:
             resp = await _gateway(request).session.post(
                 url, data=body, headers=headers, timeout=NODE_TIMEOUT
@@ -202,7 +205,7 @@ async def _attempts(
             failures.append(f"{upstream.url}: {_why(exc)}")
             return
         if await _usable(resp, model, upstream.url, failures):
-            yield resp, upstream.url, None
+            yield resp, upstream.url, None, sent_ns
         return
 
     gateway = _gateway(request)
@@ -232,6 +235,7 @@ async def _attempts(
         if n:
             gateway.retries[model.name] += 1
         with membership.in_flight(node, model.name):
+            sent_ns = time.monotonic_ns()
             try:
                 resp = await _post_watched(gateway.session, node, path, body, headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -252,7 +256,7 @@ async def _attempts(
             reply = _NodeReply(resp.content, node, membership)
             resp.content = cast(aiohttp.StreamReader, reply)
             watch = _watch_reply(gateway.session, node, reply, membership)
-            yield resp, label, watch
+            yield resp, label, watch, sent_ns
             return
 
 

@@ -467,6 +467,10 @@ def test_metrics_of_nodes_and_gateways(fleet: Fleet) -> None:
     assert samples['dx_fleet_retries_total{model="fake"}'] >= 1
     assert any(k.startswith("dx_fleet_requests_total") and 'outcome="failed"' in k
                for k in samples)
+    # Every relay has ended: this gateway's count on each node is back to 0 (a leak would
+    # read as load and push conversations off their home).
+    in_flight = {k: v for k, v in samples.items() if k.startswith("dx_fleet_upstream_in_flight")}
+    assert len(in_flight) == NODES + 1 and set(in_flight.values()) == {0.0}, in_flight
 
 
 def test_any_openai_endpoint_and_fallbacks(fleet: Fleet) -> None:
