@@ -311,3 +311,35 @@ def test_pod_monitor_scrapes_dx_port(layout: str) -> None:
         _, config = dx_config_of(docs, template)
         # Prometheus sends no key: /metrics is open on these pods, the policies fence the port.
         assert config["server"]["metrics_open"] is True
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_volumes_pod_security_restricted_allows(layout: str) -> None:
+    """Pod Security's `restricted` volume types only, but the models' hostPath, mounted
+    read-only (kubernetes/README.md says so, and how to do without it)."""
+    allowed = {
+        "configMap",
+        "emptyDir",
+        "secret",
+        "persistentVolumeClaim",
+        "projected",
+        "downwardAPI",
+    }
+    for where, template in pod_templates(render(layout)):
+        spec = template["spec"]
+        for volume in spec.get("volumes", []):
+            kinds = set(volume) - {"name"}
+            if kinds == {"hostPath"}:
+                assert volume["name"] == "models", where
+                mounts = [
+                    m
+                    for c in spec["containers"]
+                    for m in c["volumeMounts"]
+                    if m["name"] == "models"
+                ]
+                assert mounts and all(m.get("readOnly") is True for m in mounts), where
+            else:
+                assert kinds <= allowed, (where, volume)
+        assert (
+            not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+        ), where
