@@ -305,7 +305,12 @@ class Turn:
 
 
 async def chat(
-    session: aiohttp.ClientSession, n: int, pick: Any, headers_for: Any, turns: list[Turn]
+    session: aiohttp.ClientSession,
+    n: int,
+    pick: Any,
+    headers_for: Any,
+    gateway_url: str,
+    turns: list[Turn],
 ) -> None:
     messages: list[dict[str, str]] = [{"role": "system", "content": system(n)}]
     think = random.Random(n)
@@ -332,7 +337,8 @@ async def chat(
         ) as resp:
             if resp.status != 200:
                 raise SystemExit(f"HTTP {resp.status}: {(await resp.read())[:300]!r}")
-            node = resp.headers.get("X-DX-Upstream", url).split()[0]
+            # a gateway names the node ("NODE-URL REPLICA"); a node itself names its replica
+            node = resp.headers["X-DX-Upstream"].split()[0] if url == gateway_url else url
             async for line in resp.content:
                 if not line.startswith(b"data: {"):
                     continue
@@ -349,14 +355,16 @@ async def chat(
         messages.append({"role": "assistant", "content": "".join(text)})
 
 
-async def chats(first: int, count: int, pick_for: Any, headers_for: Any) -> list[Turn]:
+async def chats(
+    first: int, count: int, pick_for: Any, headers_for: Any, gateway_url: str
+) -> list[Turn]:
     turns: list[Turn] = []
     sem = asyncio.Semaphore(4)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
 
         async def one(n: int) -> None:
             async with sem:
-                await chat(session, n, pick_for(n), headers_for, turns)
+                await chat(session, n, pick_for(n), headers_for, gateway_url, turns)
 
         await asyncio.gather(*(one(n) for n in range(first, first + count)))
     return turns
@@ -388,7 +396,7 @@ def bench_affinity(count: int) -> list[dict[str, Any]]:
             ("random node, no affinity", 100, random_node),
         ]
         for label, first, pick_for in runs:
-            turns = asyncio.run(chats(first, count, pick_for, headers_for))
+            turns = asyncio.run(chats(first, count, pick_for, headers_for, gateway.url))
             ttft = [t.ttft for t in turns]
             same = sum(t.node == t.previous for t in turns)
             row = {
