@@ -8,6 +8,8 @@
 - `wait`: one wait that sends notices while it lasts (a model loading, a queue)
 - `live`: `Live`, the config and catalog every request reads, swapped whole by a reload
 - `upstream`: the connections to the engines (one pool) and the one safe retry
+- `gateway`: a gateway's fleet (dxproxy/fleet's Membership for the config's `fleet:`), its
+  connections to the nodes and its counters
 
 Nothing here knows the HTTP front: the handlers in dxproxy.api call in with plain values.
 """
