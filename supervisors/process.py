@@ -553,8 +553,14 @@ class Replica(SleepMode):
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
 
     async def _open_link(self) -> None:
-        """A group leader's link port, open before its engine starts (workers link to it)."""
-        if self._link is None or self._link.is_open:
+        """A group leader's link port, open before its engine starts (workers link to it),
+        and its news reset for the new engine."""
+        if self._link is None:
+            return
+        # A member lost while this engine was down is no news: the new engine waits for every
+        # member to link (again) anyway.
+        self._link.lost.clear()
+        if self._link.is_open:
             return
         group = self.spec.group
         assert group is not None
