@@ -323,6 +323,29 @@ def test_a_node_dying_mid_stream(fleet: Fleet, sig: signal.Signals) -> None:
         assert after[n]["requests"] - before[n]["requests"] == expected, (n, before, after)
 
 
+def test_a_node_dying_mid_stream_in_the_ollama_dialect(fleet: Fleet) -> None:
+    """The same death told to an Ollama client: the NDJSON stream's last line is an error."""
+    victim = 0
+    text = _home_on(fleet, victim, "ollama")
+    lines: list[tuple[float, dict[str, object]]] = []
+    killed = 0.0
+    with httpx.stream("POST", fleet.gateways[1].url + "/api/chat", headers=fleet.headers,
+                      json={"model": "fake", "messages": [{"role": "user", "content": text}]},
+                      timeout=30) as r:
+        assert served(r) == fleet.nodes[victim].url
+        for line in r.iter_lines():
+            lines.append((time.monotonic(), json.loads(line)))
+            if len(lines) == 10:
+                fleet.nodes[victim].proc.kill()
+                killed = time.monotonic()
+    at, last = lines[-1]
+    assert "fleet node" in str(last["error"]) and at - killed < 2.0
+    assert all("error" not in x for _, x in lines[:-1])
+    fleet.nodes[victim].proc.wait(10)
+    fleet.restart(victim)
+    fleet.wait_serving(NODES)
+
+
 def test_retry_only_before_the_first_byte(fleet: Fleet) -> None:
     """A node gone before the request: the request goes to the next node (nothing had
     reached the client). An engine dying after the first byte: the client gets the error,
