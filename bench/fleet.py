@@ -10,8 +10,10 @@ the model `upstream: fleet`) in front of the node. The same streamed chat goes, 
 concurrent clients, to three paths in turn: the engine directly, the node (one hop), the
 gateway (two hops). It reports time to the first token (p50, p99) and what each hop adds to
 the direct path, and the CPU time (user + system, psutil) of the node's and the gateway's dx
-process per request. The target (the issue's): a gateway hop adds <= 1 ms p50 and costs
-<= 1.2x a node's own CPU per request.
+process per request. First, one client sends to the three paths interleaved, request by
+request: the median of each hop's paired difference, which a loaded machine skews least.
+The target (the issue's): a gateway hop adds <= 1 ms p50 and costs <= 1.2x a node's own CPU
+per request.
 
 `affinity` (real llama-server serving SmolLM2 on each of 2 nodes, a gateway in front): the
 multi-turn chats of bench/affinity.py (a long system prompt of each chat's own, 4 turns, a
@@ -219,6 +221,27 @@ def cpu(p: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+async def paired(paths: list[Path_], rounds: int, max_tokens: int) -> dict[str, float]:
+    """One client, the paths interleaved request by request in rotating order, so that the
+    machine's load (other work on shared cores) weighs on each path alike: the median over
+    rounds of each hop's added TTFT (node - direct, gateway - node), in ms."""
+    run = {p.name: Run() for p in paths}
+    added: dict[str, list[float]] = {"node_hop": [], "gateway_hop": []}
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=120), connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+        for i in range(rounds):
+            for p in paths[i % 3 :] + paths[: i % 3]:
+                await stream(session, p, max_tokens, run[p.name])
+            failed = [f for r in run.values() for f in r.failures]
+            if failed:
+                raise SystemExit(f"paired run: {failed[:3]}")
+            d, n, g = (run[name].ttft[-1] for name in ("direct", "node", "gateway"))
+            added["node_hop"].append(n - d)
+            added["gateway_hop"].append(g - n)
+    return {k: round(pct(v, 0.5) * 1000, 3) for k, v in added.items()}
+
+
 def bench_hops(requests: int, levels: list[int], max_tokens: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with run_dx("node", node_config(fake_engine()), 60) as node:
@@ -234,6 +257,10 @@ def bench_hops(requests: int, levels: list[int], max_tokens: int) -> list[dict[s
                 warm = asyncio.run(load(p, 4, 40, max_tokens))
                 if warm.failures:
                     raise SystemExit(f"{p.name}: {warm.failures[:3]}")
+            hops = asyncio.run(paired(paths, requests, max_tokens))
+            row = {"paired_rounds": requests, **hops, "load_average": load_average()}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
             for i, clients in enumerate(levels):
                 ordered = paths[i % 3 :] + paths[: i % 3]  # rotate who goes first
                 direct_p50 = None
@@ -275,14 +302,19 @@ def hops_table(rows: list[dict[str, Any]]) -> str:
         "| node CPU µs/req | gateway CPU µs/req |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in (r for r in rows if "path" in r):
         out.append(
             f"| {r['clients']} | {r['path']} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} "
             f"| {r['added_p50_ms']} | {r['added_p99_ms']} | {r['node_cpu_us_per_req']} "
             f"| {r['gateway_cpu_us_per_req']} |"
         )
-    by = {(r["clients"], r["path"]): r for r in rows}
-    for clients in sorted({r["clients"] for r in rows}):
+    by = {(r["clients"], r["path"]): r for r in rows if "path" in r}
+    for r in (r for r in rows if "paired_rounds" in r):
+        out.append(
+            f"\nInterleaved, 1 client, median of {r['paired_rounds']} rounds: a node hop adds "
+            f"{r['node_hop']} ms to the time to first token, the gateway hop {r['gateway_hop']} ms"
+        )
+    for clients in sorted({r["clients"] for r in rows if "clients" in r}):
         g, n = by[(clients, "gateway")], by[(clients, "node")]
         hop = g["ttft_p50_ms"] - n["ttft_p50_ms"]
         ratio = g["gateway_cpu_us_per_req"] / max(n["node_cpu_us_per_req"], 1)
