@@ -409,6 +409,13 @@ def test_drain_finishes_streams_and_takes_no_new_work(fleet: Fleet) -> None:
             fleet.nodes[victim].proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             ready = await client.get(fleet.nodes[victim].url + "/ready")
+            refused = await client.post(  # asked directly, the draining node says why
+                fleet.nodes[victim].url + "/v1/chat/completions", json=chat("direct"),
+                headers={"Authorization": f"Bearer {NODE_KEY}"})
+            assert refused.status_code == 503 and "draining" in refused.text
+            state = (await client.get(fleet.nodes[victim].url + "/fleet/state",
+                                      headers={"Authorization": f"Bearer {NODE_KEY}"})).json()
+            assert state["draining"] is True and state["models"]["fake"]["state"] == "draining"
             statuses = []
             for g in (ga, gb):
                 r = await client.post(g.url + "/v1/chat/completions", headers=fleet.headers,
