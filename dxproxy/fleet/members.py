@@ -285,15 +285,12 @@ class Membership:
         rng: random.Random | None = None,
     ) -> Choice:
         """pick.order over nodes_for(model); with a key, `moved` says the conversation's home
-        over every node that lists the model (ejected ones too) is not among them."""
+        over every node whose last state lists the model, whatever its health and state
+        (ejected, draining, its engine failed), is not among the candidates."""
         choice = order(self.candidates(model), key, slack=slack, rng=rng)
         if key is None:
             return choice
-        listing = [
-            n.id
-            for n in self._nodes.values()
-            if (m := n.models.get(model)) is not None and m.servable
-        ]
+        listing = [n.id for n in self._nodes.values() if model in n.models]
         moved = bool(listing) and rendezvous_rank(key, listing)[0] != choice.home
         return dataclasses.replace(choice, moved=moved)
 

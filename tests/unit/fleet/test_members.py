@@ -244,6 +244,20 @@ async def test_choose_follows_the_rank_and_says_when_the_home_moved(
     assert [c.id for c in choice.order] == rank[1:]
     assert choice.moved and choice.home == rank[1] and not choice.spilled
     assert m.choose("qwen", None).home is None
+    # a draining home, or one whose engine failed, moves the conversation too
+    for state in ("draining", "failed"):
+        m = membership(session, [n.url for n in nodes], Clock())
+        home = next(n for n in nodes if n.url == rank[0])
+        home.state["models"]["qwen"] = model(state)
+        await m.refresh_now()
+        choice = m.choose("qwen", key)
+        assert [c.id for c in choice.order] == rank[1:] and choice.moved, state
+        home.state["models"]["qwen"] = model()
+    # a node that never served the model is no conversation's home for it
+    m = membership(session, [n.url for n in nodes], Clock())
+    del next(n for n in nodes if n.url == rank[0]).state["models"]["qwen"]
+    await m.refresh_now()
+    assert not m.choose("qwen", key).moved
 
 
 async def test_dns_names_failing_keep_their_last_answer_and_warn_once(
