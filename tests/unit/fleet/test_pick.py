@@ -172,3 +172,22 @@ def test_conversation_key_mixes_the_api_key_name() -> None:
     assert a != conversation_key("alice", "c0ffef")
     # no ambiguity between the two parts
     assert conversation_key("ab", "c") != conversation_key("a", "bc")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nodes=st.sets(st.text(min_size=1, max_size=12), min_size=2, max_size=10),
+    keys=st.lists(st.text(max_size=16), min_size=1, max_size=30),
+    data=st.data(),
+)
+def test_any_removal_moves_only_the_removed_nodes_keys(
+    nodes: set[str], keys: list[str], data: st.DataObject
+) -> None:
+    gone = data.draw(st.sampled_from(sorted(nodes)))
+    left = nodes - {gone}
+    for k in keys:
+        before = rendezvous_rank(k, nodes)
+        after = rendezvous_rank(k, left)
+        # the others keep their relative order: a key's home changes only if it was `gone`,
+        # and then to its second choice
+        assert after == [n for n in before if n != gone]
