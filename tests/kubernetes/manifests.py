@@ -63,6 +63,7 @@ def _render(layout: str) -> tuple[Doc, ...]:
         timeout=60,
     )
     assert out.returncode == 0, f"kubectl kustomize {layout} failed:\n{out.stderr}"
+    assert not out.stderr.strip(), f"kubectl kustomize {layout} warns:\n{out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
