@@ -244,7 +244,11 @@ async def _attempts(
                 failures.append(f"{node}: {_why(exc)}")
                 continue
             report = resp.headers.get(LOAD_HEADER)
-            if report is not None:
+            # A report equal to the last one folded in is skipped (parsing it is a few per cent
+            # of the hop's CPU): at worst a poll's count stands until the report changes or
+            # the next poll, within one `fleet.refresh`.
+            if report is not None and gateway.last_load.get((node, model.name)) != report:
+                gateway.last_load[(node, model.name)] = report
                 membership.update_load(node, report, model=model.name)
             if not await _usable(resp, model, node, failures, membership):
                 gateway.outcomes[(node, model.name, f"http_{resp.status}")] += 1

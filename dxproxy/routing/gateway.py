@@ -48,6 +48,8 @@ class Gateway:
         self.affinity: collections.Counter[tuple[str, str]] = collections.Counter()
         self.fallbacks: collections.Counter[tuple[str, str]] = collections.Counter()
         self.in_flight = 0  # requests this gateway relays now (what its own drain waits for)
+        # (node, model) -> the last endpoint-load-metrics value folded in (dxproxy/api/fleet_call)
+        self.last_load: dict[tuple[str, str], str] = {}
 
     async def apply(self, config: Config) -> None:
         """Follow the config's `fleet:` section (at start and after each reload): a changed
@@ -60,6 +62,7 @@ class Gateway:
                 await old.close()
             self._fleet = fleet = config.fleet
             self._implicit.clear()
+            self.last_load.clear()
             if fleet is None:
                 return
             membership = Membership(

@@ -488,7 +488,8 @@ def test_limits_and_revocations_across_gateways(fleet: Fleet) -> None:
 
 def test_metrics_of_nodes_and_gateways(fleet: Fleet) -> None:
     """Nodes: per-model gauges under the names the Inference Extension's endpoint picker is
-    pointed at; gateways: node health, ejections, outcomes, retries, affinity."""
+    pointed at; gateways: node health, ejections, outcomes, retries, affinity. Counts what
+    the tests before it did (file order): the ejections, retries and failures they caused."""
     node = httpx.get(fleet.nodes[0].url + "/metrics",
                      headers={"Authorization": f"Bearer {NODE_KEY}"}).text
     assert 'dx_model_requests_waiting{model_name="fake"} 0.0' in node
