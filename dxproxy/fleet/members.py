@@ -36,6 +36,7 @@ log = logging.getLogger("dx.fleet")
 
 STATE_PATH = "/fleet/state"
 POLL_TIMEOUT_MAX = 2.0  # seconds; a node slower than this to say how it is counts as failing
+MIN_WAIT = 0.01  # seconds between two wake-ups of the polling task, at least
 
 # (name, port) -> the addresses it resolves to. The default asks the system resolver
 # (/etc/resolv.conf, /etc/hosts, nsswitch) through the event loop's getaddrinfo, which runs
@@ -130,6 +131,7 @@ class Membership:
         self._dns_failing: set[tuple[str, int]] = set()  # warned once, until it resolves
         self._nodes: dict[str, _Node] = {}
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # a node was ejected: the polling task sets its probe
         self._sync_members()
 
     # --- life cycle -------------------------------------------------------------------
@@ -146,12 +148,39 @@ class Membership:
             self._task = None
 
     async def _run(self) -> None:
+        next_round = self._clock() + self.refresh
         while True:
-            await asyncio.sleep(self.refresh)
+            # Wake for the next round, or sooner when an ejection ends: its probe is due then,
+            # not up to a whole `refresh` later (ejections start at 1 s, refresh is often 5 s).
+            now = self._clock()
+            ends = [
+                now + n.ejector.remaining(now)
+                for n in self._nodes.values()
+                if n.ejector.state == "ejected"
+            ]
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # woken early by a new ejection
+                await asyncio.wait_for(
+                    self._wake.wait(), max(min([next_round, *ends]) - now, MIN_WAIT)
+                )
             try:
-                await self.refresh_now()
+                if self._clock() >= next_round:
+                    await self.refresh_now()
+                    next_round = self._clock() + self.refresh
+                else:
+                    await self._probe_due()
             except Exception:  # one bad round must not end the polling for good
                 log.exception("fleet: refreshing the membership failed")
+
+    async def _probe_due(self) -> None:
+        """Poll only the ejected nodes whose ejection is over (their one probe)."""
+        now = self._clock()
+        due = [
+            n
+            for n in self._nodes.values()
+            if n.ejector.state == "ejected" and n.ejector.available(now)
+        ]
+        await asyncio.gather(*(self._poll(n) for n in due))
 
     async def refresh_now(self) -> None:
         """One round: resolve every name, then poll every node that may be polled."""
@@ -251,6 +280,7 @@ class Membership:
         if after == before or after == "probing":
             return
         if after == "ejected":
+            self._wake.set()
             log.warning(
                 "fleet: node %s ejected for %.0f s (%s); a probe will decide when it is back",
                 node.id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -301,3 +302,25 @@ async def test_start_polls_at_once_then_every_refresh_until_close(
     await asyncio.sleep(0.15)
     assert nodes[0].polls == polls
     await m.close()  # idempotent
+
+
+async def test_an_ejected_node_is_probed_when_its_ejection_ends_not_a_refresh_later(
+    session: aiohttp.ClientSession, nodes: list[Node]
+) -> None:
+    m = Membership(urls=[n.url for n in nodes[:2]], dns=[], refresh=30.0, node_key=KEY,
+                   session=session, backoff_base=0.2)  # fmt: skip
+    await m.start()
+    try:
+        target, other = nodes[0], nodes[1]
+        await asyncio.sleep(0.1)  # the polling task now sleeps until the next round
+        for _ in range(3):
+            m.report(target.url, ok=False)  # its requests failed: ejected for 0.2 s
+        assert target.url not in {v.id for v in m.nodes_for("qwen")}
+        t0 = time.monotonic()
+        while target.url not in {v.id for v in m.nodes_for("qwen")}:
+            assert time.monotonic() - t0 < 5, "not probed when its ejection ended"
+            await asyncio.sleep(0.02)
+        assert target.polls == 2  # the first round, then its one probe
+        assert other.polls == 1  # healthy nodes wait for the next round (30 s)
+    finally:
+        await m.close()
