@@ -131,7 +131,7 @@ class Membership:
         self._dns_failing: set[tuple[str, int]] = set()  # warned once, until it resolves
         self._nodes: dict[str, _Node] = {}
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()  # a node was ejected: the polling task sets its probe
+        self._wake = asyncio.Event()  # set when a node is ejected: the poller times its probe
         self._sync_members()
 
     # --- life cycle -------------------------------------------------------------------
