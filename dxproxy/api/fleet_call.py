@@ -114,6 +114,8 @@ async def routed(
             targets.append(fallback)
     failures: list[str] = []
     yielded = False
+    # Came through a DX gateway: never sent on to a remote upstream (local engines may serve).
+    looped = _came_through_gateway(request)
     for i, target in enumerate(targets):
         if i:
             gateway = request.app.get(GATEWAY)
@@ -131,7 +133,9 @@ async def routed(
                     raise
                 failures.append(f"{target.name}: {exc.message}")
                 continue
-        guard_loop(request, target)
+        if looped:
+            failures.append(f"{target.name}: not sent on (it came through a DX gateway)")
+            continue
         # Closed on leaving, so the node's in-flight count (its load) drops right then.
         async with contextlib.aclosing(_attempts(request, target, path, payload, failures)) as it:
             async for response, label, watch, sent_ns in it:
@@ -151,6 +155,8 @@ async def routed(
                         response.close()  # a stream the client left stops on the node too
                     else:
                         response.release()
+    if looped and all(t.upstream is not None for t in targets):
+        guard_loop(request, model)
     names = " -> ".join(t.name for t in targets)
     detail = "; ".join(failures[-4:]) or "no upstream serves it now"
     raise ApiError(
@@ -164,10 +170,15 @@ def _started(early: EarlyStream | None) -> bool:
     return early is not None and early.started
 
 
+def _came_through_gateway(request: web.Request) -> bool:
+    via = request.headers.get("Via")
+    return via is not None and "dx-gateway" in via
+
+
 def guard_loop(request: web.Request, model: ModelConfig) -> None:
     """508 for a request that already came through a DX gateway (the `Via` guard)."""
-    via = request.headers.get("Via")
-    if via is not None and "dx-gateway" in via:
+    if _came_through_gateway(request):
+        via = request.headers.get("Via")
         raise ApiError(
             LOOP,
             f"loop refused: this request already came through a DX gateway (Via: {via}), and "

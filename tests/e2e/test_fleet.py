@@ -454,6 +454,13 @@ def test_via_guard_refuses_a_second_hop(fleet: Fleet) -> None:
     r = httpx.post(fleet.gateways[0].url + "/v1/chat/completions",
                    headers={**fleet.headers, "Via": "1.1 dx-gateway"}, json=chat("loop"))
     assert r.status_code == 508 and "loop refused" in r.json()["error"]["message"]
+    # A local model whose fallback is the fleet: its own engine may serve a relayed request,
+    # but the fallback is not taken (here the engine failed to start: a 503 saying both).
+    r = httpx.post(fleet.gateways[0].url + "/v1/chat/completions",
+                   headers={**fleet.headers, "Via": "1.1 dx-gateway"},
+                   json={**chat("loop"), "model": "broken"})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 503 and "not sent on (it came through a DX gateway)" in message
 
 
 def test_limits_and_revocations_across_gateways(fleet: Fleet) -> None:
