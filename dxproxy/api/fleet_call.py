@@ -32,8 +32,10 @@ silent for `SILENCE` makes the gateway ask the node's /health, and no answer wit
 request on the node and its engine.
 
 The `Via` guard: a request that already came through a DX gateway is never sent on to a
-remote upstream (508): two gateways naming each other as nodes would otherwise pass a request
-back and forth. A node serves such a request only from its own engines.
+remote upstream: two gateways naming each other as nodes would otherwise pass a request back
+and forth. A node serves such a request only from its own engines (a local model's fallbacks
+to remote upstreams are skipped, and said so in the 503); for a model served only elsewhere
+the answer is 508 (Loop Detected), saying to give the node its own engine for it.
 """
 
 from __future__ import annotations
