@@ -180,6 +180,11 @@ class Reloader:
         from watchfiles import awatch
 
         path = self.path
+        # The watch starts once the engines have settled (minutes for vLLM): an edit made
+        # meanwhile (a ConfigMap swapped while the node starts) is applied now, not lost;
+        # looked at again a moment later, once the watch below is surely armed.
+        await self._apply_if_changed()
+        again = asyncio.create_task(self._apply_if_changed(after=1.0))
 
         def concerns_the_config(change: object, changed: str) -> bool:
             # The file itself (edited in place, or renamed over), or a Kubernetes ConfigMap
@@ -187,16 +192,23 @@ class Reloader:
             name = os.path.basename(changed)
             return name == path.name or name.startswith("..")
 
-        async for _ in awatch(
-            path.parent,
-            watch_filter=concerns_the_config,
-            debounce=200,
-            step=50,
-            recursive=False,
-        ):
-            digest = await asyncio.to_thread(self._read_digest)
-            if digest and digest not in (self._digest, self._refused):
-                await self.reload("file changed")
+        try:
+            async for _ in awatch(
+                path.parent,
+                watch_filter=concerns_the_config,
+                debounce=200,
+                step=50,
+                recursive=False,
+            ):
+                await self._apply_if_changed()
+        finally:
+            again.cancel()
+
+    async def _apply_if_changed(self, after: float = 0.0) -> None:
+        await asyncio.sleep(after)
+        digest = await asyncio.to_thread(self._read_digest)
+        if digest and digest not in (self._digest, self._refused):
+            await self.reload("file changed")
 
 
 def check_not_truncated(text: str, source: str) -> None:
