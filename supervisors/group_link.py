@@ -5,8 +5,9 @@ leader's vLLM does NOT exit; its pipeline worker logs gloo's "Connection closed 
 its server keeps answering /health 200 and a request then hangs. So DX cannot rely on the
 engine to tell it that the group broke; the members' DX processes tell each other:
 
-- the leader's DX listens on the group port + 1 (`LeaderLink`); each worker's DX connects once
-  its engine runs (`worker_link`) and says its rank. One connection = one worker engine alive.
+- the leader's DX listens on the group port + 1 (`LeaderLink`); each worker's DX connects
+  before it starts its engine (`WorkerLink`: it waits for its leader) and says its rank, and
+  closes the link when its engine ends. One connection = one worker engine alive.
 - both ends send a line every `BEAT` seconds; a connection that closes (a DX or its engine
   died: DX closes the link when its engine ends) or stays silent for `SILENCE` seconds (a
   machine or its network went) is a member lost.
@@ -130,23 +131,52 @@ class LeaderLink:
             self.lost.set()
 
 
-async def worker_link(group: GroupSpec) -> str:
-    """A worker's end, for as long as its engine runs: link to the leader's DX (trying until
-    it answers), then heartbeat. Returns why the link ended; cancelled when the engine ends."""
-    while True:
+class WorkerLink:
+    """A worker's end. `connect` waits until the leader's DX answers (before the worker's
+    engine starts: an engine started without a leader would only burn restarts waiting for
+    it); `hold` heartbeats for as long as the engine runs and returns why the link ended."""
+
+    def __init__(self, group: GroupSpec) -> None:
+        self.group = group
+        self.where = f"{group.leader}:{link_port(group)}"
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    self.group.leader, link_port(self.group)
+                )
+                break
+            except OSError:
+                await asyncio.sleep(RECONNECT)
+        writer.write(f"rank {self.group.rank}\n".encode())
+        self._reader, self._writer = reader, writer
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    async def hold(self) -> str:
+        assert self._reader is not None and self._writer is not None
+        beats = asyncio.ensure_future(_beat(self._writer))
         try:
-            reader, writer = await asyncio.open_connection(group.leader, link_port(group))
-            break
-        except OSError:
-            await asyncio.sleep(RECONNECT)
-    try:
-        writer.write(f"rank {group.rank}\n".encode())
-        await writer.drain()
-        beats = asyncio.ensure_future(_beat(writer))
-        try:
-            why = await _until_gone(reader)
+            why = await _until_gone(self._reader)
         finally:
             beats.cancel()
+            self.close()
+        return f"the group link to the leader ({self.where}) ended: {why}"
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+async def worker_link(group: GroupSpec) -> str:
+    """`WorkerLink` from connecting to the end: returns why the link ended."""
+    link = WorkerLink(group)
+    try:
+        await link.connect()
+        return await link.hold()
     finally:
-        writer.close()
-    return f"the group link to the leader ({group.leader}:{link_port(group)}) ended: {why}"
+        link.close()

@@ -43,7 +43,7 @@ import psutil
 from supervisors.adapters import LOOPBACK, EngineAdapter, EngineNotFound, Launch
 from supervisors.cpus import CpuShare, set_affinity
 from supervisors.group import RESTART_NOTE, GroupError, interface_address
-from supervisors.group_link import LeaderLink, worker_link
+from supervisors.group_link import LeaderLink, WorkerLink
 from supervisors.logs import LogFiles
 from supervisors.sleep import SleepMode
 from supervisors.spec import EngineSpec, device_label
@@ -191,6 +191,7 @@ class Replica(SleepMode):
         # A multi-node group's leader: the DX-level link its workers' DX hold (group_link.py).
         group = spec.group
         self._link = LeaderLink(group) if group and group.is_leader and group.size > 1 else None
+        self._worker_link: WorkerLink | None = None  # a worker's, while its engine runs
 
     @property
     def base_url(self) -> str:
@@ -488,6 +489,7 @@ class Replica(SleepMode):
             await self._open_link()
         except (EngineNotFound, GroupError) as exc:
             raise EngineStartError(f"engine {self.id} cannot start: {exc}") from None
+        await self._join_leader()
         shown = " ".join(argv).replace(self.api_key, "***")  # the key stays out of the logs
         log.info("%s: starting on %s: %s", self.id, self.device, shown)
         self._since_spawn = 0
@@ -574,6 +576,18 @@ class Replica(SleepMode):
                 f"{exc.strerror} (the group's port + 1; set group.port to move both)"
             ) from None
 
+    async def _join_leader(self) -> None:
+        """A group worker links to its leader's DX before its engine starts, waiting for as
+        long as it takes (the leader's machine may come later): its engine would only wait
+        for the leader too, and fail, and be restarted, until DX gave up."""
+        group = self.spec.group
+        if group is None or group.is_leader:
+            return
+        link = WorkerLink(group)
+        log.info("%s: waiting for the group's leader's DX at %s", self.id, link.where)
+        await link.connect()
+        self._worker_link = link
+
     async def _settle_worker(self, reader: asyncio.Task[None], t0: float) -> None:
         """A group worker: it serves nothing here, so it is a `worker` once its process
         lives (the leader is ready only when it joined)."""
@@ -604,8 +618,8 @@ class Replica(SleepMode):
         link: asyncio.Future[Any] | None = None
         if self._link is not None:
             link = asyncio.ensure_future(self._link.lost.wait())
-        elif group is not None and not group.is_leader:
-            link = asyncio.ensure_future(worker_link(group))
+        elif self._worker_link is not None:
+            link = asyncio.ensure_future(self._worker_link.hold())
         url = self.base_url + self.adapter.live_path
         loop = asyncio.get_running_loop()
         answered = loop.time()
@@ -760,6 +774,9 @@ class Replica(SleepMode):
         always reap."""
         if self._link is not None:
             self._link.reset()  # the workers restart their engines and link again
+        if self._worker_link is not None:
+            self._worker_link.close()  # the leader restarts its engine
+            self._worker_link = None
         proc, self._proc = self._proc, None
         if proc is None:
             return
