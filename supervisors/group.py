@@ -17,10 +17,10 @@ the group through the engine's own rendezvous; DX adds the flags and variables f
 
 Readiness: the leader's engine answers HTTP only once every rank joined (vLLM's server waits
 for its engine core, which waits for the whole process group; the fake launcher in tests does
-the same), so the leader's ordinary ready probe is the group's. A worker has nothing to probe:
-it is `worker` while its process runs. All-or-nothing: when a member dies the others' engines
-exit (their rendezvous or collective breaks) and each DX restarts its own with the usual
-backoff, so the group forms again.
+the same), and the leader's DX also wants every worker's DX linked (group_link.py). A worker
+has nothing to probe: it is `worker` while its process runs. All-or-nothing: vLLM 0.32 does
+not exit when a peer dies (measured: docs/FLEET.md), so the DX-level link tells each member's
+DX, which kills and restarts its engine with the usual backoff, and the group forms again.
 """
 
 from __future__ import annotations
