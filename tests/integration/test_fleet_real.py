@@ -112,6 +112,9 @@ def test_load_header_and_kv_cache(fleet: tuple[DxProcess, list[DxProcess]]) -> N
     if "llamacpp:kv_cache_usage_ratio" in metrics:  # llama-server says it: DX passes it on
         assert isinstance(state["kv_cache"], float)
         assert 'dx_model_kv_cache_usage_perc{model_name="smollm2"}' in metrics
+    else:  # current llama-server builds export no KV gauge: DX says null, invents nothing
+        assert state["kv_cache"] is None
+        assert "dx_model_kv_cache_usage_perc{" not in metrics
 
 
 def test_a_node_killed_mid_generation(fleet: tuple[DxProcess, list[DxProcess]]) -> None:
