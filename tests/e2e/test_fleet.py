@@ -534,6 +534,11 @@ def test_any_openai_endpoint_and_fallbacks(fleet: Fleet) -> None:
                    json={"model": "direct", "messages": [{"role": "user", "content": "hi"}]})
     lines = [json.loads(x) for x in r.text.splitlines()]
     assert "".join(x["message"]["content"] for x in lines) == "Hello from the fake engine."
+    # Anthropic's Messages API, translated at the gateway, served by a node.
+    r = httpx.post(ga.url + "/v1/messages", headers=fleet.headers, json={
+        "model": "fake", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and served(r) in {n.url for n in fleet.nodes}
+    assert r.json()["content"][0]["text"] == "Hello from the fake engine."
     # A dead endpoint, then the fleet; a local engine that failed to start, then the fleet.
     for name in ("gone", "broken"):
         r = httpx.post(ga.url + "/v1/chat/completions", headers=fleet.headers,
