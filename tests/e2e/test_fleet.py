@@ -47,6 +47,9 @@ import httpx
 import pytest
 import yaml
 
+from dxproxy.api.engine import conversation_key
+from dxproxy.fleet.pick import conversation_key as fleet_key
+from dxproxy.fleet.pick import rendezvous_rank
 from dxproxy.keys.store import create_key
 from tests.conftest import DX, FAKE_ENGINE, ROOT, DxProcess, fake_model, free_port, start_dx
 from tests.e2e.test_caddy import caddy_binary
@@ -235,6 +238,43 @@ def test_follow_ups_stay_home_across_both_gateways(fleet: Fleet) -> None:
             hits += served(r) == homes[c]
     assert hits == 60  # 100 % at low load
     assert len(set(homes.values())) == NODES  # and the conversations spread over the nodes
+
+
+def test_a_busy_home_spills_in_rank_order(fleet: Fleet) -> None:
+    """Six streams of one conversation at once through one gateway: its home takes them up to
+    the load bound ((1 + slack) x mean + 1), the rest spill to the next node in its rank."""
+    ga = fleet.gateways[0]
+    text = "spill SLOW"
+    home = served(httpx.post(ga.url + "/v1/chat/completions", headers=fleet.headers,
+                             json={**chat(text), "max_tokens": 1}))
+
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def one() -> str:
+                async with client.stream("POST", ga.url + "/v1/chat/completions",
+                                         headers=fleet.headers,
+                                         json=chat(text, stream=True)) as r:
+                    node = served(r)
+                    await r.aread()
+                    return node
+
+            tasks = []
+            for _ in range(6):
+                tasks.append(asyncio.create_task(one()))
+                await asyncio.sleep(0.1)  # each sees the ones before it in flight
+            return list(await asyncio.gather(*tasks))
+
+    nodes = asyncio.run(run())
+    assert nodes[0] == home and nodes.count(home) >= 2, nodes
+    spilled = [n for n in nodes if n != home]
+    assert spilled, nodes
+    # The rank every gateway computes: DX's conversation key mixed with the key's name.
+    conversation = conversation_key(chat(text, stream=True))
+    assert conversation is not None
+    rank = rendezvous_rank(fleet_key("user", conversation), [n.url for n in fleet.nodes])
+    assert rank[0] == home and spilled[0] == rank[1], (rank, nodes)
+    metrics = httpx.get(ga.url + "/metrics", headers=ga.auth).text
+    assert 'dx_fleet_affinity_total{kind="spill",model="fake"}' in metrics
 
 
 def _home_on(fleet: Fleet, node: int, prefix: str) -> str:
