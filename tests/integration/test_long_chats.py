@@ -163,7 +163,7 @@ def test_open_webui_tools_are_accepted_and_answered(dx: DxProcess) -> None:
         "messages": [{"role": "user", "content": "Say hello."}],
         "tools": tools,
         "stream": True,
-        "options": GREEDY,
+        "options": {**GREEDY, "num_predict": 24},  # room for a whole call, if it makes one
     }
     with httpx.stream("POST", dx.url + "/api/chat", json=body, headers=dx.auth,
                       timeout=600) as r:  # fmt: skip
