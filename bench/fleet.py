@@ -402,6 +402,23 @@ async def chats(
     return turns
 
 
+async def fleet_metrics(gateway: Dx) -> dict[str, float]:
+    """The gateway's affinity and ejection counters, from its /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            gateway.url + "/metrics", headers={"Authorization": f"Bearer {gateway.key}"}
+        ) as resp,
+    ):
+        text = await resp.text()
+    wanted = ("dx_fleet_affinity_total", "dx_fleet_upstream_ejections_total", "dx_fleet_retries")
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name.startswith(wanted)
+    }
+
+
 def bench_affinity(count: int) -> list[dict[str, Any]]:
     model = {"engine": "llamacpp", "model": SMOLLM2, "context": 2048, "parallel": 4}
     rows = []
@@ -443,6 +460,8 @@ def bench_affinity(count: int) -> list[dict[str, Any]]:
                 "nodes_used": len({t.node for t in turns}),
                 "load_average": load_average(),
             }
+            if pick_for is via_gateway:  # why a follow-up left home: spill, moved, ejections
+                row["gateway_metrics"] = asyncio.run(fleet_metrics(gateway))
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
