@@ -41,7 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import DxProcess, free_port  # noqa: E402
+from tests.conftest import DxProcess, fake_model, free_port, start_dx  # noqa: E402
 from tests.dx_default import start_dx_default  # noqa: E402
 
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -105,10 +105,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 
 
 @contextlib.contextmanager
-def stack(venv: Path, tmp: Path) -> Iterator[tuple[DxProcess, str, Path]]:
+def stack(venv: Path, tmp: Path, fake: bool) -> Iterator[tuple[DxProcess, str, Path]]:
     """DX (embedded default), the recording relay in front of it, Open WebUI pointed at the
     relay; yields DX, Open WebUI's URL and the relay's JSON-lines file."""
-    dx = start_dx_default(tmp / "dx")
+    if fake:  # the same model name, its replies the fake engine's (instant)
+        (tmp / "dx").mkdir()
+        dx = start_dx(tmp / "dx", {"smollm2": fake_model(embeddings=True)})
+    else:
+        dx = start_dx_default(tmp / "dx")
     try:
         with contextlib.ExitStack() as stack:
             requests = tmp / "requests.jsonl"
@@ -150,10 +154,10 @@ The nearest village, Halden Cove, holds a fish market every Thursday morning.
 class Page:
     """Open WebUI's chat page in headless Chromium, driven as a person would."""
 
-    def __init__(self, url: str, width: int = 1280, height: int = 900) -> None:
+    def __init__(self, url: str, shots: Path, width: int = 1280, height: int = 900) -> None:
         from tests.browser import browser
 
-        self.url = url
+        self.url, self.shots = url, shots
         self.d = browser(width, height)
 
     def by(self, css: str) -> list[Any]:
@@ -201,12 +205,13 @@ class Page:
     def replies(self) -> list[str]:
         return [e.text for e in self.by(".chat-assistant #response-content-container")]
 
-    def wait_reply(self, n: int, timeout: float) -> str:
-        """The n-th reply, once it has ended (no Stop button) and shows text."""
+    def wait_reply(self, n: int, timeout: float, answered: Any) -> str:
+        """The n-th reply, once it shows text and `answered()` says DX has ended every chat
+        request (the Stop button stays while Open WebUI's tasks run after the reply)."""
 
         def done() -> str | None:
             replies = self.replies()
-            if len(replies) >= n and not self.by("button[aria-label=Stop]"):
+            if len(replies) >= n and answered():
                 return replies[n - 1].strip() or None
             return None
 
@@ -218,10 +223,10 @@ class Page:
         label = self.wait(lambda: self.d.find_element(
             "xpath", "//span[@slot='label' and normalize-space()='num_ctx (Ollama)']"), 30,
             "num_ctx row in Chat Controls")
-        row = label.find_element("xpath", "./ancestor::div[contains(@class,'py-0.5')][1]")
-        row.find_element("css selector", "button[id$=-control]").click()
-        box = self.wait(lambda: row.find_element("css selector", "input[type=number]"), 10,
-                        "num_ctx input")
+        label.find_element("xpath", "following::button[1]").click()  # Default -> Custom
+        # The value's box appears after the row (a slider beside it)
+        box = self.wait(lambda: label.find_element(
+            "xpath", "following::input[@type='number' or @type='text'][1]"), 10, "num_ctx box")
         box.clear()
         box.send_keys(str(value))
         box.send_keys("\t")
@@ -232,8 +237,8 @@ class Page:
         inputs[0].send_keys(str(path))
 
     def shot(self, name: str) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"openwebui-{name}.png"
+        self.shots.mkdir(parents=True, exist_ok=True)
+        path = self.shots / f"openwebui-{name}.png"
         self.d.save_screenshot(str(path))
         return path
 
@@ -264,6 +269,11 @@ class Recording:
     def last_seq(self) -> int:
         return max((r["seq"] for r in self.records()), default=0)
 
+    def chats_answered(self) -> bool:
+        """DX has ended every chat request (not tasks) sent so far, and there is one."""
+        chats = [r for r in self.records() if kind(r).startswith("chat")]
+        return bool(chats) and all("status" in r for r in chats)
+
     def settled(self, quiet: float) -> bool:
         """Every request answered, and none new for `quiet` seconds (Open WebUI fires its
         title, tags and follow-up tasks after a reply has ended)."""
@@ -278,11 +288,12 @@ def kind(r: dict[str, Any]) -> str:
     body = r.get("body") if isinstance(r.get("body"), dict) else {}
     if r["path"] == "/api/chat":
         last = str((body.get("messages") or [{}])[-1].get("content", ""))
-        if last.startswith("### Task:"):
-            task = last.split("\n", 2)[1].lower()
-            for name in ("title", "follow-up", "tags", "query", "emoji", "autocomplete"):
-                if name in task:
-                    return f"task-{name.replace('-', '')}"
+        # Tasks carry no tools; a chat does, even the RAG one, whose user message is a task
+        if last.startswith("### Task:") and not body.get("tools"):
+            for name, mark in (("title", '"title"'), ("followup", '"follow_ups"'),
+                               ("tags", '"tags"'), ("query", '"queries"')):
+                if mark in last:
+                    return f"task-{name}"
             return "task"
         name = "chat-tools" if body.get("tools") else "chat"
         if any(m.get("role") == "tool" for m in body.get("messages", [])):
@@ -356,13 +367,13 @@ def run_steps(page: Page, rec: Recording, tmp: Path, timeout: float) -> dict[str
     def chat() -> str:
         page.type("Hello! What is the capital of France?")
         page.send()
-        return page.wait_reply(1, timeout)
+        return page.wait_reply(1, timeout, rec.chats_answered)
 
     def num_ctx() -> str:
         page.set_num_ctx(4096)
         page.type("Name three colours.")
         page.send()
-        return page.wait_reply(1, timeout)
+        return page.wait_reply(1, timeout, rec.chats_answered)
 
     def long_chat() -> str:
         replies = []
@@ -370,7 +381,7 @@ def run_steps(page: Page, rec: Recording, tmp: Path, timeout: float) -> dict[str
             part = long_text[turn * 3200 : (turn + 1) * 3200]
             page.paste(part + "\n\nSummarize the text above in one sentence.")
             page.send()
-            replies.append(page.wait_reply(turn + 1, timeout))
+            replies.append(page.wait_reply(turn + 1, timeout, rec.chats_answered))
         return replies[-1]
 
     def rag() -> str:
@@ -380,7 +391,7 @@ def run_steps(page: Page, rec: Recording, tmp: Path, timeout: float) -> dict[str
         page.wait(lambda: rec.settled(5), timeout, "the document processed")
         page.type("Who is the lighthouse keeper of Port Ellery?")
         page.send()
-        return page.wait_reply(1, timeout)
+        return page.wait_reply(1, timeout, rec.chats_answered)
 
     for name, fn in (("chat", chat), ("num-ctx", num_ctx), ("long-chat", long_chat),
                      ("rag", rag)):
@@ -402,7 +413,7 @@ def run_steps(page: Page, rec: Recording, tmp: Path, timeout: float) -> dict[str
         result["errors"] = [r.get("error") for r in step_records if r.get("status") != 200]
         result["ok"] = bool(result.get("reply")) and not result["errors"] and "why" not in result
         result["seconds"] = round(time.monotonic() - started)
-        result["screenshot"] = str(page.shot(name).relative_to(ROOT))
+        result["screenshot"] = str(page.shot(name))
         results[name] = result
         print(json.dumps({name: result}, indent=1), flush=True)
     return results
@@ -416,6 +427,9 @@ def main() -> int:
                         help="write Open WebUI's requests to DX as fixtures into DIR")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds a reply may take (an 8k prompt on 2 busy cores: minutes)")
+    parser.add_argument("--fake-engine", action="store_true",
+                        help="DX in front of tests/fakes/fake_engine.py, not the default's "
+                        "llama-server: checks this script (and records shapes) in minutes")
     args = parser.parse_args()
     if not (args.venv / "bin" / "open-webui").exists():
         sys.exit(f"Open WebUI is not installed in {args.venv}. Install it in its own virtualenv "
@@ -425,11 +439,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="dx-openwebui-"))
     print(f"logs in {tmp}")
-    with stack(args.venv, tmp) as (dx, url, requests):
+    with stack(args.venv, tmp, args.fake_engine) as (dx, url, requests):
         print(f"DX {dx.url}, Open WebUI {url}, Open WebUI's requests in {requests}", flush=True)
         time.sleep(float(os.environ.get("DX_SUITE_HOLD", "0")))
         rec = Recording(requests)
-        page = Page(url)
+        # The fake engine's replies are no proof: its screenshots stay in the temp dir.
+        page = Page(url, tmp / "screenshots" if args.fake_engine else SCREENSHOTS)
         try:
             results = run_steps(page, rec, tmp, args.timeout)
         finally:
@@ -445,7 +460,8 @@ def main() -> int:
     (tmp / "results.json").write_text(json.dumps(results, indent=1))
     version = subprocess.run([str(args.venv / "bin" / "pip"), "show", "open-webui"],
                              capture_output=True, text=True).stdout.split("\n")[1]
-    print(f"\nOpen WebUI {version.split()[-1]} against DX (embedded default), "
+    engine = "the fake engine" if args.fake_engine else "the embedded default"
+    print(f"\nOpen WebUI {version.split()[-1]} against DX ({engine}), "
           f"{time.strftime('%Y-%m-%d')}; logs and results.json in {tmp}")
     for name, r in results.items():
         print(f"  {name:10} {'passed' if r['ok'] else 'FAILED'} in {r['seconds']} s: "
