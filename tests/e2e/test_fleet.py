@@ -21,8 +21,9 @@ What is proven, each against real `dx serve` processes:
 
 Processes are started once for the module (the tests run in file order and leave the fleet
 as they found it). Measured on the 2-core build machine with other work on it (load 13-26):
-16 passed in 73 s (load 13; 14 of them took 124 s at load 26); a SIGKILLed node's stream ends with the error event 0.01-0.03 s
-after the kill, a SIGSTOPped node's 1.5-1.7 s after (0.5 s of silence, then 1 s for /health);
+16 passed in 73 s (load 13; 14 of them took 124 s at load 26); a SIGKILLed node's stream
+ends with the error event 0.01-0.03 s after the kill, a SIGSTOPped node's 1.5-1.7 s after
+(0.5 s of silence, then 1 s for /health);
 a follow-up sent right after goes to another node in 0.1-0.3 s (1.6 s when the node stopped
 before its headers); a returning node is back in both gateways' view 0.5-1.4 s after. Run
 with -s to see these printed.
