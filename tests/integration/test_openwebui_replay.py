@@ -6,7 +6,8 @@ tags tasks it fires after a reply, a chat with `num_ctx` set, a long chat that o
 context, and a document's chunks embedded for RAG (`/api/embed` with `truncate`), plus the model
 list and ps calls of every page load. Measured 2026-12-07 at load 8 to 20: 22 passed, 4 failed
 (the long-chat and RAG chats: 400, Open WebUI's tools take ~7k of the 8192 tokens) in 27 min;
-CI's unloaded machine answers the first ~7k-token prompt in seconds, the rest reuse its cache.
+unmeasured on an idle machine (the first ~7k-token prompt was 429 s of it; later chats reuse
+the engine's prompt cache of the tools).
 
 Each is sent as recorded (its model name swapped for the default's if it differs) and must be
 answered 200 with a body Open WebUI can use: a streamed chat is pure NDJSON (no blank line, every
