@@ -4,10 +4,10 @@ driven in a real browser and DX (tests/suites/open_webui.py --record; the versio
 that folder's README): a browser chat with Open WebUI's built-in tools, the title / follow-up /
 tags tasks it fires after a reply, a chat with `num_ctx` set, a long chat that outgrows the
 context, and a document's chunks embedded for RAG (`/api/embed` with `truncate`), plus the model
-list and ps calls of every page load. Measured 2026-12-07 at load 8 to 20: 22 passed, 4 failed
-(the long-chat and RAG chats: 400, Open WebUI's tools take ~7k of the 8192 tokens) in 27 min;
-unmeasured on an idle machine (the first ~7k-token prompt was 429 s of it; later chats reuse
-the engine's prompt cache of the tools).
+list and ps calls of every page load. Measured 2026-12-07: 22 passed, 4 failed (the long-chat
+and RAG chats: 400, Open WebUI's tools take ~7k of the 8192 tokens) in 3 min 22 s at load 1 to
+4 (the first ~7k-token prompt 109 s; later chats reuse the engine's prompt cache of the tools),
+27 min at load 8 to 20.
 
 Each is sent as recorded (its model name swapped for the default's if it differs) and must be
 answered 200 with a body Open WebUI can use: a streamed chat is pure NDJSON (no blank line, every
