@@ -29,7 +29,7 @@ from aiohttp import web
 from dxproxy.api.trim import TooLong, Trimmed, trim
 from dxproxy.config import ModelConfig
 from dxproxy.http.errors import ApiError
-from dxproxy.http.state import TRIMMED, UPSTREAM
+from dxproxy.http.state import TOOLS_DROPPED, TRIMMED, UPSTREAM
 from dxproxy.models.catalog import display_name
 from dxproxy.routing.router import Unavailable
 from supervisors import Replica
@@ -44,6 +44,8 @@ TEMPLATE_SLACK = 1024
 REPLY_SHARE = 8  # without max_tokens, 1/8 of the context is kept for the reply
 # What of a request the template sees (the rest changes no prompt).
 _TEMPLATE_KEYS = ("messages", "tools", "chat_template_kwargs")
+# What goes with the tools when they do not fit (a tool_choice without tools is refused).
+_TOOL_KEYS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def reply_room(model: ModelConfig, payload: dict[str, Any]) -> int:
@@ -75,14 +77,33 @@ async def fit_chat(
         return payload  # its tokens are the projector's, not the tokenizer's
     room = reply_room(model, payload)
     budget = model.context - room
-    counter = _Counter(request, model, replica, payload)
+    tools = payload.get("tools")
     try:
-        fitted: Trimmed = await trim(payload["messages"], counter.count, budget)
+        try:
+            fitted: Trimmed = await trim(
+                payload["messages"], _Counter(request, model, replica, payload).count, budget
+            )
+        except TooLong:
+            if not tools:
+                raise
+            # A client's tool list can fill a small model's context by itself (Open WebUI's
+            # 36 built-in tools take about 7,000 of SmolLM2's 8192 tokens): rather than refuse
+            # the chat, it is served without them, and the model answers in text.
+            payload = {k: v for k, v in payload.items() if k not in _TOOL_KEYS}
+            fitted = await trim(
+                payload["messages"], _Counter(request, model, replica, payload).count, budget
+            )
+            request[TOOLS_DROPPED] = len(tools) if isinstance(tools, list) else 1
+            log.info(
+                "%s: the request's %d tools do not fit the context of %d tokens with the "
+                "latest message: sent without them (X-DX-Dropped-Tools)",
+                model.name, request[TOOLS_DROPPED], model.context,
+            )  # fmt: skip
     except TooLong as exc:
         raise ApiError(
             400,
             f"the latest message is too long for {display_name(model.name)}: with the system "
-            f"prompt{' and the tools' if payload.get('tools') else ''} it takes {exc.needed} "
+            f"prompt{' (and without the tools)' if tools else ''} it takes {exc.needed} "
             f"tokens, and the model's context of {model.context} tokens holds {budget} "
             f"besides the {room} kept for the reply. Shorten the message (or lower "
             f"max_tokens), or serve the model with a larger context "
@@ -93,7 +114,7 @@ async def fit_chat(
         log.info("%s: chat not trimmed: the engine could not count it (%s)", model.name, exc)
         return payload
     if not fitted.dropped_messages:
-        return payload
+        return payload  # (without its tools, when they did not fit)
     request[TRIMMED] = (fitted.dropped_tokens, fitted.dropped_messages)
     log.info(
         "%s: chat trimmed to fit the context: dropped the %d oldest messages (%d tokens), "

@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler
 from dxproxy.config import Config
 from dxproxy.http.door import Door, cors_headers
 from dxproxy.http.errors import error_response
-from dxproxy.http.state import API_KEY, CLIENT, DECISION, LIMITER, TRIMMED, USAGE
+from dxproxy.http.state import API_KEY, CLIENT, DECISION, LIMITER, TOOLS_DROPPED, TRIMMED, USAGE
 from dxproxy.keys.limits import Decision, Limiter, make_limiter
 from dxproxy.keys.store import KeyRecord, KeyRing, KeyStoreError, anonymous, builtin_record
 
@@ -318,6 +318,9 @@ async def _gate_headers(request: web.Request, response: web.StreamResponse) -> N
     if trimmed is not None:  # a chat that outgrew the context (dxproxy/api/fit.py)
         response.headers["X-DX-Trimmed-Tokens"] = str(trimmed[0])
         response.headers["X-DX-Trimmed-Messages"] = str(trimmed[1])
+    dropped = request.get(TOOLS_DROPPED)
+    if dropped is not None:
+        response.headers["X-DX-Dropped-Tools"] = str(dropped)
     decision: Decision | None = request.get(DECISION)
     if decision is not None:
         for name, value in decision.headers().items():

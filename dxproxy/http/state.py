@@ -77,5 +77,7 @@ USAGE: web.RequestKey[Usage] = web.RequestKey("dx.usage")  # tokens, as the engi
 EARLY: web.RequestKey[EarlyStream] = web.RequestKey("dx.early_stream")
 # A chat trimmed to fit its context (dxproxy/api/fit.py): (tokens, messages) dropped.
 TRIMMED = web.RequestKey("dx.trimmed", tuple[int, int])
+# How many tools a chat was sent without, when they did not fit its context (api/fit.py).
+TOOLS_DROPPED = web.RequestKey("dx.tools_dropped", int)
 # The client asked for its chat whole or refused (Ollama's `truncate: false`): never trimmed.
 UNTRIMMED = web.RequestKey("dx.untrimmed", bool)

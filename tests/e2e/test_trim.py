@@ -149,3 +149,27 @@ def test_tool_results_stay_with_their_call(dx: DxProcess, tmp_path: Path) -> Non
                    json={"model": "fake", "messages": sent})  # fmt: skip
     assert r.status_code == 200 and r.headers["x-dx-trimmed-messages"] == "3"
     assert engine(dx, "/last")["messages"] == sent[3:]
+
+
+def test_tools_that_do_not_fit_are_dropped_and_the_chat_served(dx: DxProcess) -> None:
+    # Open WebUI's built-in tools take ~7k of the embedded default's 8192 tokens: with a
+    # long latest message they cannot fit, and the chat is served without them.
+    tool = {"type": "function", "function": {"name": "lookup", "description": "word " * 400,
+                                             "parameters": {"type": "object"}}}  # fmt: skip
+    sent = long_chat(turns=2, words=300)
+    sent[-1] = {"role": "user", "content": "question " * 1500}
+    body = {"model": "fake", "messages": sent, "tools": [tool] * 8, "tool_choice": "auto"}
+    r = httpx.post(dx.url + "/v1/chat/completions", json=body, headers=dx.auth, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-dx-dropped-tools"] == "8"
+    last = engine(dx, "/last")
+    assert "tools" not in last and "tool_choice" not in last
+    # Without the tools the whole chat fits: no turn had to go.
+    assert "x-dx-trimmed-tokens" not in r.headers and last["messages"] == sent
+    # Too long even without the tools: the 400 says so.
+    body["messages"] = [{"role": "user", "content": "word " * 5000}]
+    r = httpx.post(dx.url + "/v1/chat/completions", json=body, headers=dx.auth, timeout=30)
+    assert r.status_code == 400
+    assert "with the system prompt (and without the tools) it takes 5001 tokens" in (
+        r.json()["error"]["message"]
+    )
