@@ -21,10 +21,10 @@ keys, no cookies). It exits 0 when every step's reply appeared, 1 otherwise (it 
 --fake-engine puts the fake engine behind DX instead (whole run about 1.5 min): for checking
 this script, and how the fixtures were recorded on a busy machine.
 
-Measured with Open WebUI 0.12.4 against the embedded default (2026-12-07, 2 cores at load 8 to
-15): chat passed (336 s: the first ~7,000-token prompt took 287 s), num-ctx passed (124 s);
-long-chat and rag FAILED with DX's 400 "the latest message is too long" (Open WebUI's tools take
-~7,000 of the 8,192 tokens): docs/COMPATIBILITY.md has the details. Screenshots were then
+Measured with Open WebUI 0.12.4 against the embedded default (2026-12-07, 2 cores at load 1.5 to
+3): all four steps passed (chat 68 s, num-ctx 19 s, long-chat 378 s, rag 28 s); an earlier run,
+before DX sent a chat without the tools when they leave no room for its latest message, failed
+long-chat and rag with a 400: docs/COMPATIBILITY.md has the details. Screenshots were then
 reduced to 64 colours (Pillow) to keep docs/ small.
 """
 
