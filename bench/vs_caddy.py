@@ -107,6 +107,13 @@ async def ask(
             if attempt == 4:
                 raise BenchError(f"{proxy.target.label}: {exc!r}") from exc
             RETRIED[proxy.name] = RETRIED.get(proxy.name, 0) + 1
+        except BenchError as exc:
+            # The same closed connection seen through a proxy that does not ask again: Caddy
+            # answers 502 with an empty body (it retries no POST by default), the bare relay
+            # 502 "Server disconnected".
+            if attempt == 4 or ": HTTP 502: " not in str(exc):
+                raise
+            RETRIED[f"{proxy.name} (502)"] = RETRIED.get(f"{proxy.name} (502)", 0) + 1
         except aiohttp.ClientError as exc:
             raise BenchError(f"{proxy.target.label}: {exc!r}") from exc
     raise AssertionError("unreachable")

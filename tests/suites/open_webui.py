@@ -24,8 +24,8 @@ this script, and how the fixtures were recorded on a busy machine.
 Measured with Open WebUI 0.12.4 against the embedded default (2026-12-07, 2 cores at load 1.5 to
 3): all four steps passed (chat 68 s, num-ctx 19 s, long-chat 378 s, rag 28 s); an earlier run,
 before DX sent a chat without the tools when they leave no room for its latest message, failed
-long-chat and rag with a 400: docs/COMPATIBILITY.md has the details. Screenshots were then
-reduced to 64 colours (Pillow) to keep docs/ small.
+long-chat and rag with a 400: docs/COMPATIBILITY.md has the details. The screenshots are the
+PNGs Chromium saved (28 to 145 KB).
 """
 
 from __future__ import annotations
