@@ -232,20 +232,13 @@ class EngineDown(aiohttp.ClientError):
         self.retry_after = retry_after
 
 
-class _Reply:
-    """The engine's reply body, read as aiohttp's StreamReader (what handlers call: `readany`,
-    `read_nowait`, `read`...). It tells the replica what it hears (the hang detector's "the
-    engine sends nothing"), and turns a connection the engine broke into `EngineDown` once the
-    supervisor says the engine hung or died."""
+class GuardedReader:
+    """A reply body read as aiohttp's StreamReader (what handlers call: `readany`,
+    `read_nowait`, `read`...), each awaited read passed through `_guard`, which a subclass
+    gives its words for a broken connection; `_heard` is told when data came."""
 
-    def __init__(
-        self, content: aiohttp.StreamReader, replica: Replica, model: str, generation: int
-    ) -> None:
+    def __init__(self, content: aiohttp.StreamReader) -> None:
         self._content = content
-        self._replica = replica
-        self._model = model
-        self._generation = generation
-        self.down: EngineDown | None = None
 
     def __getattr__(self, name: str) -> Any:  # the rest of StreamReader, as it is
         return getattr(self._content, name)
@@ -270,8 +263,32 @@ class _Reply:
             return b""  # the next awaited read raises it, told in plain words
         data = self._content.read_nowait(n)
         if data:
-            self._replica.heard()
+            self._heard()
         return data
+
+    def _heard(self) -> None:
+        pass
+
+    async def _guard(self, read: Awaitable[bytes]) -> bytes:
+        return await read
+
+
+class _Reply(GuardedReader):
+    """The engine's reply body. It tells the replica what it hears (the hang detector's "the
+    engine sends nothing"), and turns a connection the engine broke into `EngineDown` once the
+    supervisor says the engine hung or died."""
+
+    def __init__(
+        self, content: aiohttp.StreamReader, replica: Replica, model: str, generation: int
+    ) -> None:
+        super().__init__(content)
+        self._replica = replica
+        self._model = model
+        self._generation = generation
+        self.down: EngineDown | None = None
+
+    def _heard(self) -> None:
+        self._replica.heard()
 
     async def _guard(self, read: Awaitable[bytes]) -> bytes:
         try:

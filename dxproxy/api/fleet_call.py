@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -52,7 +52,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from dxproxy.api.engine import EngineDown, conversation_key, engine_error
+from dxproxy.api.engine import EngineDown, GuardedReader, conversation_key, engine_error
 from dxproxy.config import ModelConfig, RemoteUpstream
 from dxproxy.fleet.members import Membership
 from dxproxy.fleet.orca import FORMAT_HEADER
@@ -434,12 +434,12 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _NodeReply:
-    """A node's reply body, read as aiohttp's StreamReader: a connection the node broke
-    becomes NodeDown (counted against the node), told to the client in plain words."""
+class _NodeReply(GuardedReader):
+    """A node's reply body: a connection the node broke becomes NodeDown (counted against
+    the node), told to the client in plain words."""
 
     def __init__(self, content: aiohttp.StreamReader, node: str, membership: Membership) -> None:
-        self._content = content
+        super().__init__(content)
         self._node = node
         self._membership = membership
 
@@ -447,43 +447,13 @@ class _NodeReply:
     def stream(self) -> aiohttp.StreamReader:
         return self._content
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._content, name)
-
-    def __aiter__(self) -> aiohttp.streams.AsyncStreamIterator[bytes]:
-        return aiohttp.streams.AsyncStreamIterator(self.readline)
-
-    def iter_any(self) -> aiohttp.streams.AsyncStreamIterator[bytes]:
-        return aiohttp.streams.AsyncStreamIterator(self.readany)
-
-    async def readany(self) -> bytes:
+    async def _guard(self, read: Awaitable[bytes]) -> bytes:
         try:
-            return await self._content.readany()
+            return await read
         except NodeDown:
             raise
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise self._broke() from exc
-
-    async def read(self, n: int = -1) -> bytes:
-        try:
-            return await self._content.read(n)
-        except NodeDown:
-            raise
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise self._broke() from exc
-
-    async def readline(self) -> bytes:
-        try:
-            return await self._content.readline()
-        except NodeDown:
-            raise
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise self._broke() from exc
-
-    def read_nowait(self, n: int = -1) -> bytes:
-        if self._content.exception() is not None:
-            return b""  # the next awaited read raises it, told in plain words
-        return self._content.read_nowait(n)
 
     def _broke(self) -> NodeDown:
         self._membership.report(self._node, False)
