@@ -97,6 +97,23 @@ def stage_models(text: str, root: Path) -> str:
     return text.replace("/models/", f"{root}/models/")
 
 
+def config_check(
+    text: str, env: dict[str, str], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """`dx config check` of `text` (its model paths staged under tmp_path), with only `env`
+    (and PATH, HOME) in its environment, as a pod has."""
+    path = tmp_path / "dx.yaml"
+    path.write_text(stage_models(text, tmp_path))
+    return subprocess.run(
+        [*DX, "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
+        cwd=ROOT,
+    )
+
+
 @pytest.mark.parametrize(
     ("layout", "name", "text", "env"),
     CONFIGS,
@@ -105,16 +122,7 @@ def stage_models(text: str, root: Path) -> str:
 def test_dx_config_check_accepts(
     layout: str, name: str, text: str, env: dict[str, str], tmp_path: Path
 ) -> None:
-    path = tmp_path / "dx.yaml"
-    path.write_text(stage_models(text, tmp_path))
-    out = subprocess.run(
-        [*DX, "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
-        cwd=ROOT,
-    )
+    out = config_check(text, env, tmp_path)
     assert out.returncode == 0, f"{layout} {name} with {env}:\n{out.stdout}\n{out.stderr}"
 
 
@@ -122,16 +130,7 @@ def test_dx_config_check_refuses_a_missing_secret(tmp_path: Path) -> None:
     """The check is not a rubber stamp: without the Secret's variable, the node's config fails
     and says which variable."""
     text = next(c[2] for c in CONFIGS if c[1] == "dx-node-config")
-    path = tmp_path / "dx.yaml"
-    path.write_text(stage_models(text, tmp_path))
-    out = subprocess.run(
-        [*DX, "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        cwd=ROOT,
-    )
+    out = config_check(text, {}, tmp_path)
     assert out.returncode == 1
     assert "DX_FLEET_KEY" in out.stdout + out.stderr
 
