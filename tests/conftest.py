@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.fakes.notify"]
 FAKE_ENGINE = str(ROOT / "tests" / "fakes" / "fake_engine.py")
 DX = [sys.executable, "-m", "dxproxy"]
+
+
+def http_call(
+    url: str, key: str | None = None, body: dict[str, object] | None = None
+) -> tuple[int, str]:
+    """GET `url` (POST `body` as JSON when given) with the standard library, as a probe or a
+    client outside DX's own stack would: (status, text); (0, "") when nothing answers."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""
 
 
 def free_port() -> int:

@@ -19,15 +19,13 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, http_call
 
 IMAGE = "localhost/dx:latest"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dx"
@@ -91,23 +89,10 @@ def run(volume: str, port: int) -> str:
     ).strip()  # fmt: skip
 
 
-def get(url: str, key: str | None = None, body: dict[str, object] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, ""
-
-
 def wait_ready(port: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if get(f"http://127.0.0.1:{port}/ready")[0] == 200:
+        if http_call(f"http://127.0.0.1:{port}/ready")[0] == 200:
             return
         state = podman("inspect", "--format", "{{.State.Status}}", NAME).strip()
         assert state == "running", f"the container is {state}:\n{logs()}"
@@ -131,7 +116,7 @@ def read_key(volume: str) -> str:
 
 
 def chat(port: int, key: str | None) -> tuple[int, str]:
-    return get(
+    return http_call(
         f"http://127.0.0.1:{port}/v1/chat/completions",
         key,
         {

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, smollm2_path
+from tests.conftest import ROOT, free_port, http_call, smollm2_path
 from tests.kubernetes.manifests import dx_config_of, one, render
 
 KEY = "dx-fleet-0123456789abcdef"  # what the Secret dx-fleet-key would hold
@@ -49,19 +49,6 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
     if check:
         assert out.returncode == 0, f"podman {' '.join(args)}\n{out.stdout}\n{out.stderr}"
     return out.stdout
-
-
-def get(url: str, key: str | None = None, body: dict[str, Any] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, ""
 
 
 def node_pod(tmp_path: Path, port: int) -> tuple[Path, dict[str, Any]]:
@@ -149,19 +136,19 @@ def test_the_node_pod_serves_as_the_manifest_says(played: tuple[int, str, dict[s
     port, container, config = played
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120  # well inside the startupProbe's 11 minutes
-    while get(f"{url}/ready")[0] != 200:
+    while http_call(f"{url}/ready")[0] != 200:
         assert time.monotonic() < deadline, podman("logs", container, check=False)
         time.sleep(0.5)
-    assert get(f"{url}/health")[0] == 200
+    assert http_call(f"{url}/health")[0] == 200
     (model,) = config["models"]
     chat = {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
     # The gateways' key (the Secret's) is accepted; no key is refused.
-    status, body = get(f"{url}/v1/chat/completions", KEY, chat)
+    status, body = http_call(f"{url}/v1/chat/completions", KEY, chat)
     assert status == 200, body
     assert json.loads(body)["choices"][0]["message"]["content"]
-    assert get(f"{url}/v1/chat/completions", None, chat)[0] == 401
+    assert http_call(f"{url}/v1/chat/completions", None, chat)[0] == 401
     # /metrics without a key, for Prometheus and the endpoint picker (metrics_open).
-    status, text = get(f"{url}/metrics")
+    status, text = http_call(f"{url}/metrics")
     assert status == 200 and "dx_model_requests_running" in text
 
     def inside(script: str) -> str:
@@ -228,7 +215,7 @@ def test_a_gateway_pod_finds_the_node_by_its_service_name(
     for the Redis pod, whose image no registry here serves)."""
     node_port, _, config = played
     deadline = time.monotonic() + 120
-    while get(f"http://127.0.0.1:{node_port}/ready")[0] != 200:
+    while http_call(f"http://127.0.0.1:{node_port}/ready")[0] != 200:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     bridge = podman(
@@ -247,7 +234,7 @@ def test_a_gateway_pod_finds_the_node_by_its_service_name(
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
-        while get(f"{url}/ready")[0] != 200:
+        while http_call(f"{url}/ready")[0] != 200:
             assert time.monotonic() < deadline, podman("logs", container, check=False)
             time.sleep(0.5)
         (model,) = config["models"]
