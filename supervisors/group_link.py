@@ -13,7 +13,9 @@ engine to tell it that the group broke; the members' DX processes tell each othe
   machine or its network went) is a member lost.
 - a lost worker fails the leader's engine, which DX kills and restarts; the leader closes every
   link when its engine ends, so the workers kill and restart theirs too, and all rejoin the new
-  rendezvous. The leader is ready only when its engine answers and every worker's link is up.
+  rendezvous. The leader starts its engine only once every worker linked again (`all_linked`):
+  a worker links only after its old engine is reaped, so no engine of an earlier rendezvous can
+  join the new one and then leave it broken.
 
 It carries nothing but ranks and heartbeats: no model data, no keys. Anyone who can reach the
 port can make the group restart, so keep it on the group's network (`interface`).
@@ -60,8 +62,8 @@ async def _until_gone(reader: asyncio.StreamReader) -> str:
 
 
 class LeaderLink:
-    """Rank 0's end. `joined` says whether every worker is linked; `lost` is set, with
-    `why`, when one that was linked goes."""
+    """Rank 0's end. `joined` (and the event `all_linked`) says whether every worker is
+    linked; `lost` is set, with `why`, when one that was linked goes."""
 
     def __init__(self, group: GroupSpec, host: str = "0.0.0.0") -> None:
         self.group = group
@@ -69,6 +71,7 @@ class LeaderLink:
         self.port = link_port(group)
         self.members: dict[int, asyncio.StreamWriter] = {}
         self.lost = asyncio.Event()
+        self.all_linked = asyncio.Event()
         self.why = ""
         self._server: asyncio.Server | None = None
 
@@ -92,6 +95,7 @@ class LeaderLink:
         for writer in self.members.values():
             writer.close()
         self.members.clear()
+        self.all_linked.clear()
         self.lost.clear()
         self.why = ""
 
@@ -117,6 +121,8 @@ class LeaderLink:
         if old is not None:
             old.close()  # the same rank again: its DX restarted its engine
         self.members[rank] = writer
+        if self.joined:
+            self.all_linked.set()
         log.info("group link: rank %d linked from %s", rank, peer[0] if peer else "?")
         beats = asyncio.ensure_future(_beat(writer))
         try:
@@ -126,6 +132,7 @@ class LeaderLink:
             writer.close()
         if self.members.get(rank) is writer:  # not replaced, not reset meanwhile
             del self.members[rank]
+            self.all_linked.clear()
             self.why = f"group member rank {rank} ({peer[0] if peer else '?'}) left: {why}"
             log.warning("group link: %s", self.why)
             self.lost.set()

@@ -490,6 +490,7 @@ class Replica(SleepMode):
         except (EngineNotFound, GroupError) as exc:
             raise EngineStartError(f"engine {self.id} cannot start: {exc}") from None
         await self._join_leader()
+        await self._await_members()
         shown = " ".join(argv).replace(self.api_key, "***")  # the key stays out of the logs
         log.info("%s: starting on %s: %s", self.id, self.device, shown)
         self._since_spawn = 0
@@ -535,17 +536,10 @@ class Replica(SleepMode):
             if await self._probe(url, within=2.0) and (self._link is None or self._link.joined):
                 break
             if time.monotonic() > deadline:
-                unlinked = ""
-                if self._link is not None and not self._link.joined:
-                    ranks = ", ".join(map(str, self._link.waiting_for()))
-                    unlinked = (
-                        f"; no group link yet from rank(s) {ranks} (their DX reaches this one "
-                        f"on port {self._link.port})"
-                    )
                 raise EngineStartError(
                     self._explain(
                         f"not ready after {self.spec.startup_timeout:.0f} s "
-                        f"(raise models.<name>.startup_timeout if it is just slow){unlinked}"
+                        f"(raise models.<name>.startup_timeout if it is just slow)"
                     )
                 )
             await asyncio.sleep(0.1)
@@ -555,13 +549,9 @@ class Replica(SleepMode):
         self._set_state(EngineState.READY, f"ready in {self.ready_in:.1f} s on port {self.port}")
 
     async def _open_link(self) -> None:
-        """A group leader's link port, open before its engine starts (workers link to it),
-        and its news reset for the new engine."""
+        """A group leader's link port, open before its engine starts (workers link to it)."""
         if self._link is None:
             return
-        # A member lost while this engine was down is no news: the new engine waits for every
-        # member to link (again) anyway.
-        self._link.lost.clear()
         if self._link.is_open:
             return
         group = self.spec.group
@@ -587,6 +577,25 @@ class Replica(SleepMode):
         log.info("%s: waiting for the group's leader's DX at %s", self.id, link.where)
         await link.connect()
         self._worker_link = link
+
+    async def _await_members(self) -> None:
+        """A group leader starts its engine only once every worker's DX is linked, for as long
+        as that takes (the workers wait for the leader the same way). A worker links only
+        after its previous engine was reaped, so every worker engine that joins this
+        rendezvous belongs to a live link: one left over from the last rendezvous could join,
+        then die with its stale link, and leave the new engine hanging (as vLLM does) unseen."""
+        if self._link is None:
+            return
+        if not self._link.joined:
+            ranks = ", ".join(map(str, self._link.waiting_for()))
+            log.info(
+                "%s: waiting for the group's rank(s) %s to link on port %d",
+                self.id,
+                ranks,
+                self._link.port,
+            )
+            await self._link.all_linked.wait()
+        self._link.lost.clear()  # a member that came and went before the engine: no news
 
     async def _settle_worker(self, reader: asyncio.Task[None], t0: float) -> None:
         """A group worker: it serves nothing here, so it is a `worker` once its process

@@ -440,17 +440,20 @@ class Pull:
         task = asyncio.create_task(asyncio.to_thread(self._fetch, f, revision))
         last = -1
         while True:
-            done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY)
-            if done:
-                break
+            # Looked at before the first wait too: a resumed download says where it resumes
+            # even when the rest arrives within one PROGRESS_EVERY.
             have = _size(blobs / f"{f.sha256}.incomplete") if f.sha256 else 0
             if not have and f.sha256 and (blobs / f.sha256).exists():
                 have = f.size  # done, renamed into the blob; or there from an earlier pull
             if have != last and have >= last:
                 last = have
                 self.emit(Event(label, digest, f.size, min(have, f.size), f.path))
+            done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY)
+            if done:
+                break
         path = task.result()  # raises the download's PullError
-        self.emit(Event(label, digest, f.size, f.size, f.path))
+        if last < f.size:
+            self.emit(Event(label, digest, f.size, f.size, f.path))
         return path
 
     def _fetch(self, f: HubFile, revision: str) -> Path:
