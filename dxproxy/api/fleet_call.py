@@ -117,7 +117,7 @@ async def routed(
     failures: list[str] = []
     yielded = False
     # Came through a DX gateway: never sent on to a remote upstream (local engines may serve).
-    looped = _came_through_gateway(request)
+    looped = came_through_gateway(request)
     for i, target in enumerate(targets):
         if i:
             gateway = request.app.get(GATEWAY)
@@ -172,14 +172,44 @@ def _started(early: EarlyStream | None) -> bool:
     return early is not None and early.started
 
 
-def _came_through_gateway(request: web.Request) -> bool:
+def came_through_gateway(request: web.Request) -> bool:
     via = request.headers.get("Via")
     return via is not None and "dx-gateway" in via
 
 
+SHOW_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+async def node_show(request: web.Request, model: ModelConfig) -> bytes | None:
+    """A fleet model's Ollama /api/show, as a node that serves it answers (the node has its
+    file: family, context, template, capabilities); None for a model not served by the fleet,
+    or when no node answered (the caller says so). Nodes are asked in the catalog's order;
+    a node's refusal or silence moves on to the next, and counts against no node."""
+    gateway = request.app.get(GATEWAY)
+    if model.upstream != "fleet" or gateway is None or gateway.membership is None:
+        return None
+    if came_through_gateway(request):
+        return None  # the Via guard: a node answers from its own config only
+    fleet = request.app[LIVE].config.fleet
+    headers = {"Content-Type": "application/json", "Via": VIA}
+    if fleet is not None and fleet.node_key:
+        headers["Authorization"] = f"Bearer {fleet.node_key}"
+    body = orjson.dumps({"model": model.name})
+    for node in gateway.membership.all_models().get(model.name, []):
+        try:
+            async with gateway.session.post(
+                node + "/api/show", data=body, headers=headers, timeout=SHOW_TIMEOUT
+            ) as resp:
+                if resp.status == 200:
+                    return await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            continue
+    return None
+
+
 def guard_loop(request: web.Request, model: ModelConfig) -> None:
     """508 for a request that already came through a DX gateway (the `Via` guard)."""
-    if _came_through_gateway(request):
+    if came_through_gateway(request):
         via = request.headers.get("Via")
         raise ApiError(
             LOOP,

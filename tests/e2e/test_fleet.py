@@ -2,7 +2,8 @@
 DX gateways sharing a real redis-server for limits; routing itself never touches Redis.
 
 What is proven, each against real `dx serve` processes:
-- the gateways' catalog is the union of their config and the nodes' models;
+- the gateways' catalog is the union of their config and the nodes' models, and /api/show of
+  a fleet model is a node's own;
 - every follow-up of a conversation lands on its home node, whichever gateway it goes
   through, and conversations spread over the nodes;
 - a node SIGKILLed or SIGSTOPped mid-stream ends that stream with the dialect's error event
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 import yaml
 
@@ -215,6 +217,19 @@ def test_catalog_is_the_union(fleet: Fleet) -> None:
                        json={**chat("hi"), "model": "solo"})
         assert r.status_code == 200 and r.json()["system_fingerprint"] == "solo"
         assert served(r) == fleet.nodes[2].url
+    # /api/show of a fleet model is the node's own (it has the file); the official client.
+    node_key = {"Authorization": f"Bearer {NODE_KEY}"}
+    on_n2 = ollama.Client(host=fleet.nodes[2].url, headers=node_key).show("solo")
+    for g in fleet.gateways:
+        client = ollama.Client(host=g.url, headers=fleet.headers)
+        shown = client.show("solo")
+        assert shown.model_dump() == on_n2.model_dump() and shown.modelfile
+        assert "FROM solo:latest" in str(shown.modelfile)
+        assert client.show("fake").details == on_n2.details  # a configured upstream: fleet
+        assert client.show("direct").modelfile  # an OpenAI endpoint: what the config says
+        with pytest.raises(ollama.ResponseError) as missing:
+            client.show("nowhere")
+        assert missing.value.status_code == 404
     state = httpx.get(fleet.nodes[0].url + "/fleet/state",
                       headers={"Authorization": f"Bearer {NODE_KEY}"}).json()
     assert state["models"]["fake"]["state"] == "ready" and state["draining"] is False

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from dxproxy.api import fleet_catalog
+from dxproxy.api.fleet_call import node_show
 from dxproxy.api.ollama import pull as hub_pull
 from dxproxy.api.ollama.reply import NDJSON
 from dxproxy.api.request import resolve_model
@@ -48,9 +49,15 @@ async def tags(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     req = decode(await request.read(), ModelRequest)
     model = resolve_model(request, req.which)
+    if model.upstream == "fleet":  # a gateway: the nodes have the model's file, not this DX
+        shown = await node_show(request, model)
+        if shown is not None:
+            return web.Response(body=shown, content_type="application/json")
     info = request.app[LIVE].catalog.get(model.name)
-    if info is None:  # the catalog is built from the same config: cannot happen
-        raise ApiError(404, f"model '{req.which}' not found")
+    if info is None:  # a model only the fleet serves, and no node answered
+        raise ApiError(
+            503, f"no node of the fleet told about '{req.which}' now; retry in a few seconds"
+        )
     reply: dict[str, Any] = {}
     if info.license:
         reply["license"] = info.license
