@@ -18,6 +18,7 @@ from supervisors.adapters import ADAPTERS, find_llama_server
 from supervisors.cpus import CpuShare, cgroup_quota, parse_cpu_list, usable_cpus
 from supervisors.cpus import plan as plan_cpus
 from supervisors.gpus import Gpu, Inventory, read_gpus
+from supervisors.group import GroupError, interface_address
 from supervisors.logs import log_file_name
 from supervisors.placement import PlacementError, place
 from supervisors.process import TAIL_LINES, Replica
@@ -35,6 +36,7 @@ __all__ = [
     "EngineSpec",
     "EngineState",
     "Gpu",
+    "GroupError",
     "GroupSpec",
     "Inventory",
     "PlacementError",
@@ -44,6 +46,7 @@ __all__ = [
     "cgroup_quota",
     "device_label",
     "find_llama_server",
+    "interface_address",
     "log_file_name",
     "parse_cpu_list",
     "place",

@@ -36,10 +36,6 @@ SILENCE = 5.0  # seconds without a line before the other end counts as gone
 RECONNECT = 0.5  # seconds between a worker's tries to reach the leader's DX
 
 
-def link_port(group: GroupSpec) -> int:
-    return group.master_port + 1
-
-
 async def _beat(writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(ConnectionError):  # the reading side says what happened
         while True:
@@ -68,7 +64,7 @@ class LeaderLink:
     def __init__(self, group: GroupSpec, host: str = "0.0.0.0") -> None:
         self.group = group
         self.host = host
-        self.port = link_port(group)
+        self.port = group.link_port
         self.members: dict[int, asyncio.StreamWriter] = {}
         self.lost = asyncio.Event()
         self.all_linked = asyncio.Event()
@@ -145,7 +141,7 @@ class WorkerLink:
 
     def __init__(self, group: GroupSpec) -> None:
         self.group = group
-        self.where = f"{group.leader}:{link_port(group)}"
+        self.where = f"{group.leader}:{group.link_port}"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -153,7 +149,7 @@ class WorkerLink:
         while True:
             try:
                 reader, writer = await asyncio.open_connection(
-                    self.group.leader, link_port(self.group)
+                    self.group.leader, self.group.link_port
                 )
                 break
             except OSError:

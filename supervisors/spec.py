@@ -44,6 +44,11 @@ class GroupSpec:
         return self.port if self.port is not None else DEFAULT_GROUP_PORTS[self.launcher]
 
     @property
+    def link_port(self) -> int:
+        """DX's own group link (supervisors/group_link.py): the leader's DX listens on it."""
+        return self.master_port + 1
+
+    @property
     def label(self) -> str:
         return f"rank {self.rank} of {self.size}, leader {self.leader}:{self.master_port}"
 

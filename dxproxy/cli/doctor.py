@@ -2,7 +2,8 @@
 
 Hardware (psutil; NVIDIA GPUs, driver and CUDA through NVML when a driver is there), the
 engines installed and their versions, an Ollama store to import from, whether each
-configured model fits the memory of the device it is placed on, the port, the state
+configured model fits the memory of the device it is placed on, a multi-machine group's
+network interface and leader, the port, the state
 directory's permissions, and a security lint of the config. Errors make the exit code 1;
 warnings do not. Nothing is started, written or changed.
 """
@@ -36,10 +37,12 @@ from dxproxy.models.memory import VLLM_GPU_SHARE, estimate
 from dxproxy.models.memory import gib as _gib
 from supervisors import (
     Gpu,
+    GroupError,
     Inventory,
     PlacementError,
     cgroup_quota,
     find_llama_server,
+    interface_address,
     place,
     plan_cpus,
     read_gpus,
@@ -412,6 +415,33 @@ def check_tools(report: Report, config: Config) -> None:
             report.add("tools", m.name, "info", f"refuses tools: {no_tools_advice(m)}")
 
 
+def check_groups(report: Report, config: Config) -> None:
+    """A model over several machines (`group:`): the interface its members talk over must
+    exist here with an address, and the leader's name must resolve (every member reaches the
+    leader by it). Whether the others are up is not this machine's to say."""
+    for m in config.models:
+        group = m.group
+        if group is None:
+            continue
+        statuses: list[Status] = ["ok"]
+        notes = [f"{group.label}; DX's group link on port {group.link_port}"]
+        if group.interface:
+            try:
+                notes.append(f"talks over {group.interface} ({interface_address(group.interface)})")
+            except GroupError as exc:
+                statuses.append("error")
+                notes.append(str(exc))
+        try:
+            socket.getaddrinfo(group.leader, group.link_port, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError) as exc:
+            statuses.append("error")
+            notes.append(
+                f"the leader {group.leader!r} does not resolve here ({exc}): fix "
+                f"models.{m.name}.group.leader, or this machine's DNS"
+            )
+        report.add("groups", m.name, _worst(statuses), "; ".join(notes))
+
+
 def _device_fits(
     device: int | None, need: int, machine: Machine, gpus: dict[int, Gpu]
 ) -> tuple[Status, str]:
@@ -666,6 +696,7 @@ def diagnose(config_path: str | None, host: str | None, port: int | None) -> tup
         return report, source
     check_models(report, config, machine)
     check_tools(report, config)
+    check_groups(report, config)
     check_cpu_plan(report, config, machine)
     check_port(report, config)
     check_state_dir(report, config)
@@ -716,8 +747,9 @@ def as_json(report: Report, source: str) -> str:
 @click.option("--json", "as_json_", is_flag=True, help="One JSON document, for machines.")
 def doctor(config_path: str | None, host: str | None, port: int | None, as_json_: bool) -> None:
     """Check this machine and the config: hardware and GPUs, engines and their versions, an
-    Ollama store, whether each model fits where it is placed, the port, the state
-    directory, and security. Changes nothing. Exit code 1 when there are errors (warnings
+    Ollama store, whether each model fits where it is placed, which models accept tools, a
+    multi-machine group's interface and leader, the port, the state directory, and
+    security. Changes nothing. Exit code 1 when there are errors (warnings
     do not count)."""
     report, source = diagnose(config_path, host, port)
     if as_json_:
