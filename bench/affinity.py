@@ -23,6 +23,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,52 @@ QUESTIONS = [
 ]
 
 
+def turn_body(messages: list[dict[str, str]]) -> dict[str, Any]:
+    """A turn's request: 16 greedy tokens, streamed, with the usage (whose cached_tokens show
+    the prompt cache at work)."""
+    return {
+        "model": "smollm2",
+        "messages": messages,
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+    }
+
+
+@dataclass
+class Reply:
+    """A streamed answer: time to its first token (None: no content came), text and usage."""
+
+    first: float | None
+    text: str
+    usage: dict[str, Any]
+
+    @property
+    def cached(self) -> bool:
+        """Most of the conversation read from the engine's cache: it had the earlier turns."""
+        hit = (self.usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        return bool(hit > self.usage.get("prompt_tokens", 0) // 2)
+
+
+async def read_reply(resp: aiohttp.ClientResponse, t0: float) -> Reply:
+    """Read an OpenAI chat stream to its end: the first token's time since `t0` (monotonic),
+    the text, and the usage of the chunk that carries it."""
+    first = None
+    text = []
+    usage: dict[str, Any] = {}
+    async for line in resp.content:
+        if not line.startswith(b"data: {"):
+            continue
+        event = json.loads(line[6:])
+        usage = event.get("usage") or usage
+        delta = (event.get("choices") or [{}])[0].get("delta", {})
+        if delta.get("content"):
+            first = first or time.monotonic() - t0
+            text.append(delta["content"])
+    return Reply(first, "".join(text), usage)
+
+
 async def chat(
     session: aiohttp.ClientSession, dx: Dx, n: int, out: list[float], cached: list[bool]
 ) -> None:
@@ -59,39 +106,19 @@ async def chat(
         if turn:
             await asyncio.sleep(think.uniform(0, 1.5))
         messages.append({"role": "user", "content": f"(visitor {n}) {q}"})
-        body = {
-            "model": "smollm2",
-            "messages": messages,
-            "max_tokens": 16,
-            "stream": True,
-            "stream_options": {"include_usage": True},  # cached_tokens: the cache at work
-            "temperature": 0,
-        }
+        body = turn_body(messages)
         t0 = time.monotonic()
-        first = None
-        text = []
-        usage: dict[str, Any] = {}
         async with session.post(
             dx.url + "/v1/chat/completions",
             json=body,
             headers={"Authorization": f"Bearer {dx.key}"},
         ) as resp:
             resp.raise_for_status()
-            async for line in resp.content:
-                if not line.startswith(b"data: {"):
-                    continue
-                event = json.loads(line[6:])
-                usage = event.get("usage") or usage
-                delta = (event.get("choices") or [{}])[0].get("delta", {})
-                if delta.get("content"):
-                    first = first or time.monotonic() - t0
-                    text.append(delta["content"])
-        if turn and first is not None:
-            out.append(first)
-            # Most of the conversation read from the engine's cache: it had the earlier turns.
-            hit = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-            cached.append(hit > usage.get("prompt_tokens", 0) // 2)
-        messages.append({"role": "assistant", "content": "".join(text)})
+            reply = await read_reply(resp, t0)
+        if turn and reply.first is not None:
+            out.append(reply.first)
+            cached.append(reply.cached)
+        messages.append({"role": "assistant", "content": reply.text})
 
 
 async def run(dx: Dx, chats: int) -> tuple[list[float], list[bool]]:

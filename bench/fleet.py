@@ -36,11 +36,8 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,11 +46,11 @@ from typing import Any
 
 import aiohttp
 import psutil
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from affinity import QUESTIONS, system
-from concurrency import SMOLLM2, find_engines, free_port, pct
+from affinity import QUESTIONS, read_reply, system, turn_body
+from concurrency import SMOLLM2, find_engines, pct
+from dx_process import serve
 
 HERE = Path(__file__).resolve().parent
 FAKE_ENGINE = HERE / "fake_openai_engine.py"
@@ -79,53 +76,10 @@ class Dx:
 @contextlib.contextmanager
 def run_dx(name: str, config: dict[str, Any], timeout: float) -> Iterator[Dx]:
     """`dx serve` on a free loopback port with `config` (plus server settings), until exit."""
-    with tempfile.TemporaryDirectory(prefix=f"dx-bench-{name}-") as tmp:
-        port = free_port()
-        config = {
-            "server": {
-                "host": "127.0.0.1",
-                "port": port,
-                "state_dir": f"{tmp}/state",
-                "max_connections_per_client": 1000,
-                "shutdown_timeout": 5,
-            },
-            "limits": {"queue_size": 1024},
-            **config,
-        }
-        path = Path(tmp) / "dx.yaml"
-        path.write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dxproxy", "serve", "--config", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            assert proc.stdout is not None
-            lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("  ready in"):
-                    if "FAILED" in line:
-                        raise SystemExit(f"{name}: an engine failed to start:\n{''.join(lines)}")
-                    break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name}: dx not ready after {timeout:.0f} s")
-            else:
-                raise SystemExit(f"{name}: dx exited with {proc.wait()}:\n{''.join(lines)}")
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # never block dx
-            key = (Path(tmp) / "state" / "api-key").read_text().strip()
-            yield Dx(proc, f"http://127.0.0.1:{port}", key)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    server = {"max_connections_per_client": 1000, "shutdown_timeout": 5}
+    prefix = f"dx-bench-{name}-"
+    with serve(name, config, timeout, server=server, prefix=prefix, verbose=True) as dx:
+        yield Dx(dx.proc, dx.url, dx.key)
 
 
 def node_config(model: dict[str, Any]) -> dict[str, Any]:
@@ -351,19 +305,9 @@ async def chat(
         if turn:
             await asyncio.sleep(think.uniform(0, 1.5))
         messages.append({"role": "user", "content": f"(visitor {n}) {q}"})
-        body = {
-            "model": MODEL,
-            "messages": messages,
-            "max_tokens": 16,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "temperature": 0,
-        }
+        body = turn_body(messages)
         url = pick(turn)
         t0 = time.monotonic()
-        first = None
-        text: list[str] = []
-        usage: dict[str, Any] = {}
         async with session.post(
             url + "/v1/chat/completions", json=body, headers=headers_for(url)
         ) as resp:
@@ -371,20 +315,11 @@ async def chat(
                 raise SystemExit(f"HTTP {resp.status}: {(await resp.read())[:300]!r}")
             # a gateway names the node ("NODE-URL REPLICA"); a node itself names its replica
             node = resp.headers["X-DX-Upstream"].split()[0] if url == gateway_url else url
-            async for line in resp.content:
-                if not line.startswith(b"data: {"):
-                    continue
-                event = json.loads(line[6:])
-                usage = event.get("usage") or usage
-                delta = (event.get("choices") or [{}])[0].get("delta", {})
-                if delta.get("content"):
-                    first = first or time.monotonic() - t0
-                    text.append(delta["content"])
-        if turn and first is not None:
-            hit = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-            turns.append(Turn(first, node, previous, hit > usage.get("prompt_tokens", 0) // 2))
+            reply = await read_reply(resp, t0)
+        if turn and reply.first is not None:
+            turns.append(Turn(reply.first, node, previous, reply.cached))
         previous = node
-        messages.append({"role": "assistant", "content": "".join(text)})
+        messages.append({"role": "assistant", "content": reply.text})
 
 
 async def chats(
