@@ -29,20 +29,22 @@ async def test_joined_lost_and_reset(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         w1 = asyncio.ensure_future(worker_link(GroupSpec(3, 1, "127.0.0.1", port=port)))
         w2 = asyncio.ensure_future(worker_link(GroupSpec(3, 2, "127.0.0.1", port=port)))
-        await until(lambda: leader.joined)
-        assert leader.waiting_for() == [] and not leader.lost.is_set()
+        # The leader's engine starts only once this is set (process.py, _await_members).
+        await asyncio.wait_for(leader.all_linked.wait(), 5)
+        assert leader.joined and leader.waiting_for() == [] and not leader.lost.is_set()
         await asyncio.sleep(1.0)  # heartbeats keep both ends content past SILENCE
         assert leader.joined and not w1.done() and not w2.done()
         # A worker's engine ends: its DX cancels the link, the leader loses rank 2.
         w2.cancel()
         await until(leader.lost.is_set)
         assert leader.why.startswith("group member rank 2 (127.0.0.1) left: ")
-        assert leader.waiting_for() == [2]
+        assert leader.waiting_for() == [2] and not leader.all_linked.is_set()
         # The leader's engine ends: every worker is dropped, and hears it.
         leader.reset()
         why = await asyncio.wait_for(w1, 5)
         assert why.startswith(f"the group link to the leader (127.0.0.1:{port + 1}) ended: ")
         assert not leader.lost.is_set() and leader.waiting_for() == [1, 2]
+        assert not leader.all_linked.is_set()
     finally:
         await leader.close()
 
