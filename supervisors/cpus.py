@@ -139,18 +139,30 @@ def cgroup_quota(path: Path = CGROUP_CPU_MAX) -> float | None:
     return quota / period if period else None
 
 
+AFFINITY_PASSES = 5  # a busy engine may still be starting threads: until a pass moves none
+
+
 def set_affinity(pid: int, cpus: Sequence[int]) -> bool:
     """Move every thread of process `pid`, and of its children, to `cpus`. False when the
-    process is gone or refuses (the plan then applies at its next start)."""
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return False
+    process is gone or refuses (the plan then applies at its next start). A thread started
+    while a pass ran, by one not moved yet, inherits the old cores: passes repeat until one
+    finds every thread where it belongs."""
+    wanted = set(cpus)
     moved = False
-    for proc in procs:
-        with contextlib.suppress(psutil.Error, OSError):
-            for thread in proc.threads():
-                with contextlib.suppress(OSError):  # a thread that just ended
-                    os.sched_setaffinity(thread.id, cpus)
-                    moved = True
+    for _ in range(AFFINITY_PASSES):
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return moved
+        stray = False
+        for proc in procs:
+            with contextlib.suppress(psutil.Error, OSError):
+                for thread in proc.threads():
+                    with contextlib.suppress(OSError):  # a thread that just ended
+                        if os.sched_getaffinity(thread.id) != wanted:
+                            os.sched_setaffinity(thread.id, cpus)
+                            stray = True
+                        moved = True
+        if not stray:
+            break
     return moved

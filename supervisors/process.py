@@ -34,7 +34,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -84,11 +84,17 @@ _PORT_TAKEN = ("address already in use", "couldn't bind", "failed to bind", "err
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def _child_setup(parent: int, cpus: Sequence[int] | None) -> Callable[[], None]:
+    """What the engine's process does before it becomes the engine: die with DX, and compute
+    on its share of the cores from its first instruction (every thread it starts inherits
+    them; moved after the start, a loaded machine let it start some threads first)."""
+
     def preexec() -> None:  # runs in the child between fork and exec
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # DX died before prctl took effect
             os._exit(1)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
 
     return preexec
 
@@ -504,13 +510,11 @@ class Replica(SleepMode):
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # own process group: SIGTERM reaches its children
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=_child_setup(os.getpid(), self.cpu.cpus if self.cpu else None),
             )
         except OSError as exc:
             raise EngineStartError(f"cannot run {argv[0]}: {exc.strerror}") from None
         self.pid = self._proc.pid
-        if self.cpu is not None:  # before its compute threads exist: they inherit it
-            set_affinity(self.pid, self.cpu.cpus)
         self._threads_started = launch.threads(self.spec)
         if self._groups is not None:
             self._groups.add(self.pid)  # its group id is its pid (a new session)

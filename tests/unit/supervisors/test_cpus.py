@@ -104,6 +104,51 @@ def test_set_affinity_moves_every_thread_of_a_running_process() -> None:
     assert not set_affinity(proc.pid, [cpu])  # gone: nothing to move
 
 
+def test_set_affinity_catches_threads_started_during_the_move() -> None:
+    """A busy engine still starting threads: one started by a thread not moved yet inherits
+    the old cores, so the move repeats until no thread is left behind."""
+    code = (
+        "import threading, time\n"
+        "def spawn():\n"
+        "    while True:\n"
+        "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "        time.sleep(0.001)\n"
+        "threading.Thread(target=spawn, daemon=True).start()\n"
+        "time.sleep(30)\n"
+    )
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.fail("this test needs 2 CPUs")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(proc.pid).threads()) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for cpu in cpus[:2]:  # each move, with threads being started all along
+            assert set_affinity(proc.pid, [cpu])
+            left = {t.id for t in psutil.Process(proc.pid).threads()
+                    if os.sched_getaffinity(t.id) != {cpu}}  # fmt: skip
+            assert not left, f"{len(left)} thread(s) not moved to CPU {cpu}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_engine_starts_on_its_cores() -> None:
+    """The engine's process is on its share before exec (supervisors/process.py): every thread
+    it ever starts inherits it, however loaded the machine."""
+    from supervisors.process import _child_setup
+
+    cpu = max(os.sched_getaffinity(0))
+    code = "import os; print(sorted(os.sched_getaffinity(0)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=_child_setup(os.getpid(), [cpu]),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == f"[{cpu}]"
+
+
 # -- the supervisor's plan, with fake engines ---------------------------------------------
 
 
