@@ -172,10 +172,12 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         assert not driver.find_elements(By.CSS_SELECTOR, "button[data-action=sleep]")  # llamacpp
         click("button[data-action=unload]")
         wait.until(lambda _: state() == "not loaded")
-        assert "fake:latest: unload done" in events()
+        # The event is listed when the action's answer comes, which may be after a poll has
+        # already shown the new state.
+        wait.until(lambda _: "fake:latest: unload done" in events())
         click("button[data-action=load]")
         wait.until(lambda _: state() == "ready")
-        assert "fake:latest: load done" in events()
+        wait.until(lambda _: "fake:latest: load done" in events())
 
         # Reload the config: the result shows.
         driver.find_element(By.ID, "reload").click()
@@ -189,7 +191,7 @@ def test_console_in_chromium(dx: DxProcess, tmp_path: Path) -> None:
         assert driver.find_element(By.CSS_SELECTOR, revoke).text == "Really revoke?"
         click(revoke)
         wait.until(lambda _: not driver.find_elements(By.CSS_SELECTOR, "#keys tr[data-key=alice]"))
-        assert "key alice: revoked" in events()
+        wait.until(lambda _: "key alice: revoked" in events())
         deadline = time.monotonic() + 10
         while httpx.get(dx.url + "/api/tags", headers={"Authorization": f"Bearer {alice}"}
                         ).status_code != 401:
@@ -240,8 +242,9 @@ def test_console_sleep_and_wake(tmp_path: Path) -> None:
         wait.until(lambda _: state() == "ready")
         click("button[data-action=sleep]")
         wait.until(lambda _: state() == "sleeping")
-        events = driver.find_element(By.ID, "events").text
-        assert "sleepy:latest: sleep done" in events and "ready → sleeping" in events
+        # The events come with the action's answer and the next poll, maybe after the state.
+        wait.until(lambda _: all(e in driver.find_element(By.ID, "events").text
+                                 for e in ("sleepy:latest: sleep done", "ready → sleeping")))
         wait.until(lambda _: driver.find_element(By.CSS_SELECTOR, "button[data-action=load]")
                    .text == "Wake")
         click("button[data-action=load]")
