@@ -53,7 +53,7 @@ import orjson
 from aiohttp import web
 
 from dxproxy.api.engine import EngineDown, GuardedReader, conversation_key, engine_error
-from dxproxy.config import ModelConfig, RemoteUpstream
+from dxproxy.config import FleetConfig, ModelConfig, RemoteUpstream
 from dxproxy.fleet.members import Membership
 from dxproxy.fleet.orca import FORMAT_HEADER
 from dxproxy.fleet.orca import HEADER as LOAD_HEADER
@@ -180,6 +180,15 @@ def came_through_gateway(request: web.Request) -> bool:
 SHOW_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
+def _node_headers(fleet: FleetConfig | None) -> dict[str, str]:
+    """What every request from this gateway to a node carries: JSON, the `Via` loop guard's
+    mark, and the fleet's node key."""
+    headers = {"Content-Type": "application/json", "Via": VIA}
+    if fleet is not None and fleet.node_key:
+        headers["Authorization"] = f"Bearer {fleet.node_key}"
+    return headers
+
+
 async def node_show(request: web.Request, model: ModelConfig) -> bytes | None:
     """A fleet model's Ollama /api/show, as a node that serves it answers (the node has its
     file: family, context, template, capabilities); None for a model not served by the fleet,
@@ -190,10 +199,7 @@ async def node_show(request: web.Request, model: ModelConfig) -> bytes | None:
         return None
     if came_through_gateway(request):
         return None  # the Via guard: a node answers from its own config only
-    fleet = request.app[LIVE].config.fleet
-    headers = {"Content-Type": "application/json", "Via": VIA}
-    if fleet is not None and fleet.node_key:
-        headers["Authorization"] = f"Bearer {fleet.node_key}"
+    headers = _node_headers(request.app[LIVE].config.fleet)
     body = orjson.dumps({"model": model.name})
     for node in gateway.membership.all_models().get(model.name, []):
         try:
@@ -266,13 +272,7 @@ async def _attempts(
         failures.append(f"{model.name}: no healthy node serves it now")
         return
     body = orjson.dumps({**payload, "model": model.name})
-    headers = {
-        "Content-Type": "application/json",
-        "Via": VIA,
-        FORMAT_HEADER: "text",
-    }
-    if fleet is not None and fleet.node_key:
-        headers["Authorization"] = f"Bearer {fleet.node_key}"
+    headers = {**_node_headers(fleet), FORMAT_HEADER: "text"}
     for n, candidate in enumerate(choice.order):
         node = candidate.id
         if n:
