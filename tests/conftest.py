@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
 import json
@@ -24,6 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 # Fixtures shared by several test folders.
 pytest_plugins = ["tests.fakes.notify"]
 FAKE_ENGINE = str(ROOT / "tests" / "fakes" / "fake_engine.py")
+
+if sys.version_info < (3, 11, 8):
+    # CPython before 3.11.8 keeps one AST-constructor depth counter for all threads
+    # (cpython#106905): two threads in ast.parse at once make one raise "SystemError: AST
+    # constructor recursion depth mismatch". pytest parses source to report a failure, and Python
+    # 3.11 parses each line of a traceback it formats; when a thread's exception was formatted
+    # while pytest reported a failing test, the whole CI run ended in an INTERNALERROR, with no
+    # summary of what failed. One lock around ast.parse in the test process takes turns.
+    _ast_lock = threading.RLock()
+    _ast_parse = ast.parse
+
+    def _parse_in_turn(*args: object, **kwargs: object) -> object:
+        with _ast_lock:
+            return _ast_parse(*args, **kwargs)  # type: ignore[arg-type]
+
+    ast.parse = _parse_in_turn  # type: ignore[assignment]
 DX = [sys.executable, "-m", "dxproxy"]
 
 
