@@ -7,10 +7,12 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -42,6 +44,24 @@ if sys.version_info < (3, 11, 8):
 
     ast.parse = _parse_in_turn  # type: ignore[assignment]
 DX = [sys.executable, "-m", "dxproxy"]
+
+
+def _machine() -> str:
+    """Free disk, load and memory: what a failed run far from here (CI) needs to be read."""
+    import psutil
+
+    tmp = tempfile.gettempdir()
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"machine: {shutil.disk_usage(tmp).free / 2**30:.1f} GiB free in {tmp}, load {load}, "
+            f"{psutil.virtual_memory().available / 2**30:.1f} GiB memory available")
+
+
+def pytest_report_header() -> str:
+    return _machine()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(f"{_machine()} (at the end)")
 
 
 def http_call(
