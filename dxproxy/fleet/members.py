@@ -35,7 +35,12 @@ from dxproxy.fleet.state import ModelState, NodeState, parse_state
 log = logging.getLogger("dx.fleet")
 
 STATE_PATH = "/fleet/state"
-POLL_TIMEOUT_MAX = 2.0  # seconds; a node slower than this to say how it is counts as failing
+# A poll's time limit: `refresh`, but at least POLL_TIMEOUT_MIN and at most POLL_TIMEOUT_MAX
+# seconds. A node slower than that to say how it is counts as failing. Not less than a second:
+# a busy node (a GC pause, an engine starting beside it) can take a few hundred ms, and a
+# tighter limit with a short `refresh` (it was refresh/2) could eject a healthy node.
+POLL_TIMEOUT_MIN = 1.0
+POLL_TIMEOUT_MAX = 2.0
 MIN_WAIT = 0.01  # seconds between two wake-ups of the polling task, at least
 
 # (name, port) -> the addresses it resolves to. The default asks the system resolver
@@ -126,7 +131,9 @@ class Membership:
         self._resolve = resolve
         self._clock = clock
         self._threshold, self._backoff = threshold, (backoff_base, backoff_max)
-        self._timeout = aiohttp.ClientTimeout(total=min(refresh / 2, POLL_TIMEOUT_MAX))
+        self._timeout = aiohttp.ClientTimeout(
+            total=min(max(refresh, POLL_TIMEOUT_MIN), POLL_TIMEOUT_MAX)
+        )
         self._resolved: dict[tuple[str, int], list[str]] = {}  # last good answer per name
         self._dns_failing: set[tuple[str, int]] = set()  # warned once, until it resolves
         self._nodes: dict[str, _Node] = {}

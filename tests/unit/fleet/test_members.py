@@ -37,10 +37,12 @@ class Node:
                                       "models": models}  # fmt: skip
         self.polls = 0
         self.status = 200
+        self.delay = 0.0  # seconds before it answers
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.polls += 1
+        await asyncio.sleep(self.delay)
         if request.headers.get("Authorization") != f"Bearer {KEY}":
             return web.json_response({"error": "unauthorized"}, status=401)
         if self.status != 200:
@@ -152,6 +154,22 @@ async def test_a_node_that_stops_answering_is_ejected_and_a_good_probe_brings_it
     assert dead.polls == polls + 1
     assert dead.url in {v.id for v in m.nodes_for("qwen")}
     assert any("is back" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_slow_answer_is_an_answer_for_a_second_even_with_a_short_refresh(
+    session: aiohttp.ClientSession, nodes: list[Node]
+) -> None:
+    """The poll's limit is `refresh` within [1 s, 2 s]: a busy node answering in 0.6 s is not
+    failing at refresh 0.5 s (half the refresh, the old limit, failed it); 1.2 s is too slow."""
+    m = Membership(urls=[nodes[0].url], dns=[], refresh=0.5, node_key=KEY, session=session,
+                   threshold=1)
+    nodes[0].delay = 0.6
+    await m.refresh_now()
+    assert [v.id for v in m.nodes_for("qwen")] == [nodes[0].url]
+    nodes[0].delay = 1.2
+    await m.refresh_now()
+    info = m.members()[0]
+    assert info.health == "ejected" and info.error == "no answer in time"
 
 
 async def test_request_outcomes_eject_too_and_the_poll_is_the_probe(
