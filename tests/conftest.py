@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -29,20 +30,25 @@ pytest_plugins = ["tests.fakes.notify"]
 FAKE_ENGINE = str(ROOT / "tests" / "fakes" / "fake_engine.py")
 
 if sys.version_info < (3, 11, 8):
-    # CPython before 3.11.8 keeps one AST-constructor depth counter for all threads
-    # (cpython#106905): two threads in ast.parse at once make one raise "SystemError: AST
-    # constructor recursion depth mismatch". pytest parses source to report a failure, and Python
-    # 3.11 parses each line of a traceback it formats; when a thread's exception was formatted
-    # while pytest reported a failing test, the whole CI run ended in an INTERNALERROR, with no
-    # summary of what failed. One lock around ast.parse in the test process takes turns.
-    _ast_lock = threading.RLock()
+    # CPython before 3.11.8 keeps one AST-constructor depth counter for the whole process
+    # (cpython#106905): a second ast.parse while one is building its tree (in a finalizer the
+    # garbage collector runs mid-parse, or in a thread it switches to) makes the first raise
+    # "SystemError: AST constructor recursion depth mismatch". pytest parses source to report a
+    # failing test, and Python 3.11 parses each line of a traceback it formats (pytest formats
+    # unraisable and thread exceptions at once); one CI run ended in that INTERNALERROR, with
+    # no summary of what failed. No collection during a parse: then nothing else can run.
     _ast_parse = ast.parse
 
-    def _parse_in_turn(*args: object, **kwargs: object) -> object:
-        with _ast_lock:
+    def _parse_whole(*args: object, **kwargs: object) -> object:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
             return _ast_parse(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            if collecting:
+                gc.enable()
 
-    ast.parse = _parse_in_turn  # type: ignore[assignment]
+    ast.parse = _parse_whole  # type: ignore[assignment]
 DX = [sys.executable, "-m", "dxproxy"]
 
 
